@@ -1,0 +1,75 @@
+"""Diffusion schedules: diffusion times in [0, 1] -> (noise_rates, signal_rates).
+
+Every schedule keeps noise_rates**2 + signal_rates**2 == 1, with time 0 the (near) clean image and
+time 1 (near) pure noise. Written with `keras.ops`, so all backends run them inside compiled steps.
+"""
+
+import math
+
+from keras import ops
+
+LINEAR_BETA_START = 1e-4
+LINEAR_BETA_END = 0.02
+LINEAR_TIMESTEPS = 1000
+
+
+def linear_alpha_bars(timesteps=LINEAR_TIMESTEPS, beta_start=LINEAR_BETA_START,
+                      beta_end=LINEAR_BETA_END):
+    """Cumulative signal variance alpha_bar_k for k = 0..T (DDPM, Ho et al. 2020); alpha_bar_0 = 1."""
+    betas = ops.linspace(beta_start, beta_end, timesteps)
+    return ops.concatenate([ops.ones((1,)), ops.cumprod(1.0 - betas)])
+
+
+def linear_diffusion_schedule(diffusion_times, timesteps=LINEAR_TIMESTEPS,
+                              beta_start=LINEAR_BETA_START, beta_end=LINEAR_BETA_END):
+    """DDPM's linear betas, made continuous: log alpha_bar interpolated between the T+1 steps.
+
+    Time k/T gives exactly the discrete DDPM step k, so a discrete-time model and this schedule agree.
+    """
+    log_alpha_bars = ops.log(linear_alpha_bars(timesteps, beta_start, beta_end))
+    positions = ops.clip(ops.cast(diffusion_times, "float32"), 0.0, 1.0) * timesteps
+    lower = ops.minimum(ops.floor(positions), timesteps - 1)
+    fraction = positions - lower
+    lower = ops.cast(lower, "int32")
+    log_alpha_bar = (1.0 - fraction) * ops.take(log_alpha_bars, lower) + fraction * ops.take(
+        log_alpha_bars, lower + 1
+    )
+    signal_rates = ops.exp(0.5 * log_alpha_bar)
+    noise_rates = ops.sqrt(ops.maximum(1.0 - ops.square(signal_rates), 0.0))
+    return noise_rates, signal_rates
+
+
+def cosine_diffusion_schedule(diffusion_times, offset=0.008, min_signal_rate=0.01):
+    """Cosine schedule (Nichol & Dhariwal 2021), alpha_bar = cos^2((t + s) / (1 + s) * pi / 2), rescaled.
+
+    The signal rate is floored at `min_signal_rate` so that turning a noise prediction into an image
+    (dividing by the signal rate) stays finite at t = 1.
+    """
+    times = ops.cast(diffusion_times, "float32")
+    start = math.cos(offset / (1.0 + offset) * math.pi / 2.0)
+    signal_rates = ops.cos((times + offset) / (1.0 + offset) * math.pi / 2.0) / start
+    signal_rates = ops.clip(signal_rates, min_signal_rate, 1.0)
+    noise_rates = ops.sqrt(1.0 - ops.square(signal_rates))
+    return noise_rates, signal_rates
+
+
+def offset_cosine_diffusion_schedule(diffusion_times, min_signal_rate=0.02, max_signal_rate=0.95):
+    """The keras-io DDIM schedule: the angle moves linearly between arccos(max) and arccos(min)."""
+    start_angle = math.acos(max_signal_rate)
+    end_angle = math.acos(min_signal_rate)
+    angles = start_angle + ops.cast(diffusion_times, "float32") * (end_angle - start_angle)
+    return ops.sin(angles), ops.cos(angles)
+
+
+SCHEDULES = {
+    "linear": linear_diffusion_schedule,
+    "cosine": cosine_diffusion_schedule,
+    "offset_cosine": offset_cosine_diffusion_schedule,
+}
+
+
+def get_schedule(name):
+    """The schedule function registered under `name`; a clear error for unknown names."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown diffusion schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name]
