@@ -105,11 +105,13 @@ class DiffusionModel(keras.Model):
         return noise_loss
 
     def update_ema(self):
-        """ema <- m * ema + (1 - m) * online, for every weight (BatchNorm statistics included)."""
+        """ema <- m * ema + (1 - m) * online, for every weight (BatchNorm statistics included).
+
+        No stop_gradient needed: assignments are not differentiated, and on TensorFlow wrapping the
+        weights in one halved the training speed.
+        """
         for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
-            ema_weight.assign(
-                self.ema * ema_weight + (1.0 - self.ema) * ops.stop_gradient(weight)
-            )
+            ema_weight.assign(self.ema * ema_weight + (1.0 - self.ema) * weight)
 
     def reverse_diffusion(self, initial_noise, diffusion_steps):
         """DDIM from pure noise to normalised images with the EMA network."""

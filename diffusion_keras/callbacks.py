@@ -1,0 +1,94 @@
+"""Training callbacks: sample grids, checkpoints and the metrics log, each written atomically."""
+
+import csv
+import io
+import math
+import os
+
+import keras
+import numpy as np
+
+from diffusion_keras import runs
+from diffusion_keras.plotting import display, save_image_grid
+
+
+class ImageGenerator(keras.callbacks.Callback):
+    """Every `every` epochs, sample a fixed-seed grid with the EMA network and save it as PNG.
+
+    The seed is fixed so grids from different epochs show the same noises: progress is comparable.
+    """
+
+    def __init__(self, run_dir=None, every=1, num_rows=3, num_cols=6, diffusion_steps=20, seed=0,
+                 show=False):
+        super().__init__()
+        self.run_dir = run_dir
+        self.every = every
+        self.num_rows = num_rows
+        self.num_cols = num_cols
+        self.diffusion_steps = diffusion_steps
+        self.seed = seed
+        self.show = show
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        images = self.model.generate(
+            self.num_rows * self.num_cols, self.diffusion_steps, seed=self.seed
+        )
+        if self.run_dir is not None:
+            path = os.path.join(self.run_dir, runs.SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
+            save_image_grid(images, path, self.num_rows, self.num_cols)
+        if self.show:
+            display(images, cols=self.num_cols)
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Save `checkpoints/epoch_NNNN.keras` every epoch (keeping the newest `keep`) and `best.keras`.
+
+    "Best" is the lowest `monitor` value seen (validation noise loss when there is validation data).
+    """
+
+    def __init__(self, run_dir, keep=3, monitor="val_noise_loss", fallback_monitor="noise_loss"):
+        super().__init__()
+        self.run_dir = run_dir
+        self.keep = keep
+        self.monitor = monitor
+        self.fallback_monitor = fallback_monitor
+        self.best = math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = runs.checkpoint_path(self.run_dir, epoch + 1)
+        with runs.atomic_write(path) as temporary:
+            self.model.save(temporary)
+        for old in runs.run_checkpoints(self.run_dir)[: -self.keep]:
+            os.remove(old)
+        value = logs.get(self.monitor, logs.get(self.fallback_monitor))
+        if value is not None and value < self.best:
+            self.best = value
+            best = os.path.join(self.run_dir, runs.CHECKPOINT_DIR, "best.keras")
+            with runs.atomic_write(best) as temporary:
+                self.model.save(temporary)
+
+
+class MetricsLog(keras.callbacks.Callback):
+    """The per-epoch metrics as `log.csv` and `log.json` in the run folder, rewritten whole."""
+
+    def __init__(self, run_dir, history=()):
+        super().__init__()
+        self.run_dir = run_dir
+        self.rows = list(history)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1}
+        row.update({key: float(np.asarray(value)) for key, value in (logs or {}).items()})
+        self.rows.append(row)
+        runs.write_json(os.path.join(self.run_dir, "log.json"), self.rows)
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with runs.atomic_write(os.path.join(self.run_dir, "log.csv")) as temporary:
+            with open(temporary, "w") as file:
+                file.write(text.getvalue())

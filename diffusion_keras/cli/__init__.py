@@ -1,0 +1,39 @@
+"""Command-line front ends: parse, call one library function, turn user errors into exit code 2."""
+
+import argparse
+import logging
+import sys
+
+from diffusion_keras.errors import UsageError
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1, with a one-line error otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def int_list(text):
+    """argparse type: comma-separated positive integers, e.g. 32,64,96,128."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive integers, got {text!r}")
+    return values
+
+
+def run(main_body, args):
+    """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2."""
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    try:
+        return main_body(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,71 @@
+"""python generate.py: sample an image grid (and an interpolation strip) from a checkpoint."""
+
+import argparse
+import os
+import sys
+
+from diffusion_keras.cli import positive_int, run
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        description="Generate images with a trained diffusion model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", help="a .keras checkpoint (default: the newest under runs/)")
+    p.add_argument("--steps", type=positive_int, default=20, help="DDIM sampling steps")
+    p.add_argument("--num-images", type=positive_int, default=36, help="images in the grid")
+    p.add_argument("--interpolate", action="store_true",
+                   help="also render a spherical interpolation between two noises")
+    p.add_argument("--frames", type=positive_int, default=8, help="images in the interpolation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per sampler call")
+    p.add_argument("--individual", action="store_true", help="also save each image as its own PNG")
+    p.add_argument("--output", help="output folder (default: <run folder>/generated)")
+    return p
+
+
+def default_output(checkpoint):
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.basename(folder) == "checkpoints":
+        folder = os.path.dirname(folder)
+    return os.path.join(folder, "generated")
+
+
+def generate_from_args(args):
+    from diffusion_keras import runs
+    from diffusion_keras.interpolation import interpolation_images
+    from diffusion_keras.plotting import save_image_grid, save_png
+
+    checkpoint = args.checkpoint or runs.newest_checkpoint()
+    model = runs.load_checkpoint(checkpoint)
+    output = args.output or default_output(checkpoint)
+    os.makedirs(output, exist_ok=True)
+    name = f"seed{args.seed}_steps{args.steps}"
+
+    images = model.generate(args.num_images, args.steps, seed=args.seed,
+                            batch_size=args.batch_size)
+    written = [save_image_grid(images, os.path.join(output, f"samples_{name}.png"))]
+    if args.individual:
+        for index, image in enumerate(images):
+            save_png((image * 255).round().astype("uint8"),
+                     os.path.join(output, f"sample_{name}_{index:04d}.png"))
+    if args.interpolate:
+        frames = interpolation_images(model, args.frames, args.steps, args.seed)
+        written.append(save_image_grid(frames, os.path.join(output, f"interpolation_{name}.png"),
+                                       rows=1))
+    runs.write_json(os.path.join(output, f"samples_{name}.json"), {
+        "checkpoint": os.path.abspath(checkpoint), "sampler": "ddim", "steps": args.steps,
+        "num_images": args.num_images, "seed": args.seed, "files": written,
+    })
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None):
+    return run(generate_from_args, parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

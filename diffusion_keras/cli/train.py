@@ -1,0 +1,78 @@
+"""python train.py: train a diffusion model and leave a run folder behind."""
+
+import argparse
+import os
+import sys
+
+from diffusion_keras.cli import int_list, positive_int, run
+from diffusion_keras.data import TFDS_DATASETS, load_images
+from diffusion_keras.schedules import SCHEDULES
+from diffusion_keras.unet import DEFAULT_WIDTHS, check_image_size
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        description="Train a denoising diffusion model (DDIM) on images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="cifar10", choices=TFDS_DATASETS,
+                      help="tensorflow-datasets dataset (ignored with --data-dir)")
+    data.add_argument("--data-dir", help="folder of images (searched recursively) to train on")
+    data.add_argument("--image-size", type=positive_int, default=32, help="square image size")
+    data.add_argument("--limit", type=positive_int, help="train on a seeded random N-image subset")
+    data.add_argument("--no-flip", action="store_true",
+                      help="disable random horizontal flips (on for natural images)")
+    data.add_argument("--validation-split", type=float, default=0.05,
+                      help="fraction held out to score the EMA network each epoch")
+    arch = p.add_argument_group("architecture")
+    arch.add_argument("--widths", type=int_list, default=list(DEFAULT_WIDTHS),
+                      help="U-Net channel widths per resolution, comma-separated")
+    arch.add_argument("--block-depth", type=positive_int, default=2,
+                      help="residual blocks per resolution")
+    arch.add_argument("--schedule", default="offset_cosine", choices=sorted(SCHEDULES),
+                      help="diffusion schedule")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=positive_int, default=50, help="training epochs")
+    opt.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
+    opt.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate")
+    opt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    opt.add_argument("--ema", type=float, default=0.999, help="EMA momentum of the sampling network")
+    out = p.add_argument_group("output")
+    out.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
+    out.add_argument("--plot-every", type=positive_int, default=1,
+                     help="save a sample grid every N epochs")
+    out.add_argument("--keep-checkpoints", type=positive_int, default=3,
+                     help="epoch checkpoints to keep (best.keras is kept as well)")
+    out.add_argument("--seed", type=int, default=0, help="seed for data order, noise and samples")
+    return p
+
+
+def train_from_args(args):
+    from diffusion_keras import runs, training
+
+    check_image_size(args.image_size, args.widths)
+    run_dir = runs.prepare_run_dir(args.run_dir) if args.run_dir else runs.new_run_dir()
+    images = load_images(args.image_size, args.dataset, args.data_dir, args.limit, args.seed)
+    flip = not args.no_flip and (args.data_dir is not None or args.dataset not in (
+        "mnist", "fashion_mnist"))
+    runs.write_json(os.path.join(run_dir, "config.json"), {
+        **vars(args), "channels": int(images.shape[-1]), "num_images": len(images), "flip": flip,
+    })
+    print(f"training on {len(images)} images of shape {images.shape[1:]}; run folder {run_dir}")
+    training.train(
+        images, run_dir, args.epochs, args.batch_size, args.widths, args.block_depth,
+        args.schedule, args.ema, args.learning_rate, args.weight_decay, args.seed, flip,
+        args.validation_split, args.plot_every, args.keep_checkpoints,
+    )
+    print(f"done: checkpoints in {os.path.join(run_dir, runs.CHECKPOINT_DIR)}, samples in "
+          f"{os.path.join(run_dir, runs.SAMPLES_DIR)}, log in {os.path.join(run_dir, 'log.csv')}")
+    return 0
+
+
+def main(argv=None):
+    return run(train_from_args, parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Run folders: where a training run keeps its checkpoints, samples and log, written atomically."""
+
+import contextlib
+import glob
+import json
+import os
+import time
+import zipfile
+
+import keras
+
+from diffusion_keras.errors import UsageError
+
+RUNS_ROOT = "runs"
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yield a temporary path beside `path` and rename it into place only if the block succeeds.
+
+    A crash at any moment leaves either the old file or the complete new one, never half of one.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, extension = os.path.splitext(name)
+    temporary = os.path.join(directory, f".{stem}.tmp{os.getpid()}{extension}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, data):
+    with atomic_write(path) as temporary, open(temporary, "w") as file:
+        json.dump(data, file, indent=2)
+
+
+def new_run_dir(root=RUNS_ROOT):
+    """A fresh `root/<timestamp>` folder, checked writable before any training starts."""
+    run_dir = os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
+    suffix = 1
+    while os.path.exists(run_dir):
+        suffix += 1
+        run_dir = os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+    return prepare_run_dir(run_dir)
+
+
+def prepare_run_dir(run_dir):
+    """Create `run_dir` and its sub-folders; a clear error if it cannot be written."""
+    try:
+        for sub in (CHECKPOINT_DIR, SAMPLES_DIR):
+            os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w") as file:
+            file.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(f"cannot write to run folder {run_dir!r} ({error.strerror}); "
+                         "choose another --run-dir") from error
+    return run_dir
+
+
+def checkpoint_path(run_dir, epoch):
+    return os.path.join(run_dir, CHECKPOINT_DIR, f"epoch_{epoch:04d}.keras")
+
+
+def run_checkpoints(run_dir):
+    """The run's epoch checkpoints, oldest first."""
+    return sorted(glob.glob(os.path.join(run_dir, CHECKPOINT_DIR, "epoch_*.keras")))
+
+
+def newest_checkpoint(root=RUNS_ROOT):
+    """The most recently written epoch checkpoint of any run under `root`."""
+    candidates = glob.glob(os.path.join(root, "*", CHECKPOINT_DIR, "epoch_*.keras"))
+    if not candidates:
+        raise UsageError(f"no checkpoints found under {root!r}; train a model first "
+                         "(python train.py) or pass --checkpoint PATH")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_checkpoint(path, compile=False):
+    """Load a DiffusionModel saved as `.keras`; a one-line error for missing or foreign files."""
+    from diffusion_keras.model import DiffusionModel
+
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r} does not exist; pass the path of a .keras file "
+                         "saved by train.py")
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+        raise UsageError(f"checkpoint {path!r} could not be loaded as a diffusion_keras model "
+                         f"({type(error).__name__}); it may be truncated or from another program"
+                         ) from error
+    if not isinstance(model, DiffusionModel):
+        raise UsageError(f"checkpoint {path!r} holds a {type(model).__name__}, not a "
+                         "diffusion_keras DiffusionModel")
+    return model
