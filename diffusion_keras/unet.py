@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from diffusion_keras.errors import UsageError
 from diffusion_keras.layers import SinusoidalEmbedding, down_block, residual_block, up_block
 
 DEFAULT_WIDTHS = (32, 64, 96, 128)
@@ -12,7 +13,7 @@ def check_image_size(image_size, widths):
     """The U-Net halves the resolution len(widths) - 1 times, so the size must divide evenly."""
     factor = 2 ** (len(widths) - 1)
     if image_size <= 0 or image_size % factor:
-        raise ValueError(
+        raise UsageError(
             f"image size {image_size} is not divisible by {factor} (2^(number of widths - 1) for "
             f"widths {list(widths)}); use a multiple of {factor} or fewer widths"
         )

@@ -7,6 +7,16 @@ import sys
 from diffusion_keras.errors import UsageError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and every default shown in --help."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def positive_int(text):
     """argparse type: an integer >= 1, with a one-line error otherwise."""
     try:

@@ -1,16 +1,14 @@
 """python generate.py: sample an image grid (and an interpolation strip) from a checkpoint."""
 
-import argparse
 import os
 import sys
 
-from diffusion_keras.cli import positive_int, run
+from diffusion_keras.cli import Parser, positive_int, run
 
 
 def parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Generate images with a trained diffusion model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", help="a .keras checkpoint (default: the newest under runs/)")
     p.add_argument("--steps", type=positive_int, default=20, help="DDIM sampling steps")

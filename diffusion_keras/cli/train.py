@@ -1,19 +1,17 @@
 """python train.py: train a diffusion model and leave a run folder behind."""
 
-import argparse
 import os
 import sys
 
-from diffusion_keras.cli import int_list, positive_int, run
+from diffusion_keras.cli import Parser, int_list, positive_int, run
 from diffusion_keras.data import TFDS_DATASETS, load_images
 from diffusion_keras.schedules import SCHEDULES
 from diffusion_keras.unet import DEFAULT_WIDTHS, check_image_size
 
 
 def parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Train a denoising diffusion model (DDIM) on images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", choices=TFDS_DATASETS,
@@ -64,6 +62,7 @@ def train_from_args(args):
         images, run_dir, args.epochs, args.batch_size, args.widths, args.block_depth,
         args.schedule, args.ema, args.learning_rate, args.weight_decay, args.seed, flip,
         args.validation_split, args.plot_every, args.keep_checkpoints,
+        verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
     )
     print(f"done: checkpoints in {os.path.join(run_dir, runs.CHECKPOINT_DIR)}, samples in "
           f"{os.path.join(run_dir, runs.SAMPLES_DIR)}, log in {os.path.join(run_dir, 'log.csv')}")

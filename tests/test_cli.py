@@ -1,0 +1,160 @@
+"""The CLIs end to end on a tiny folder, their bad-input errors, and training on every backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffusion_keras.cli import generate, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_ARGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_folder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    code = train.main(["--data-dir", str(tiny_folder), "--epochs", "2", "--run-dir", str(run_dir),
+                       "--validation-split", "0.2", *TINY_ARGS])
+    assert code == 0
+    return run_dir
+
+
+def test_train_leaves_checkpoints_samples_and_log(trained_run):
+    assert sorted(os.listdir(trained_run / "checkpoints")) == [
+        "best.keras", "epoch_0001.keras", "epoch_0002.keras"]
+    assert sorted(os.listdir(trained_run / "samples")) == ["epoch_0001.png", "epoch_0002.png"]
+    log = json.loads((trained_run / "log.json").read_text())
+    assert [row["epoch"] for row in log] == [1, 2]
+    assert {"noise_loss", "image_loss", "val_noise_loss"} <= set(log[0])
+    assert (trained_run / "log.csv").read_text().startswith("epoch,")
+    assert json.loads((trained_run / "config.json").read_text())["channels"] == 3
+    assert not [name for name in os.listdir(trained_run / "checkpoints") if ".tmp" in name]
+
+
+def test_generate_writes_grid_interpolation_and_metadata(trained_run, tmp_path):
+    checkpoint = trained_run / "checkpoints" / "epoch_0002.keras"
+    code = generate.main(["--checkpoint", str(checkpoint), "--steps", "3", "--num-images", "4",
+                          "--interpolate", "--frames", "3", "--individual",
+                          "--output", str(tmp_path)])
+    assert code == 0
+    names = sorted(os.listdir(tmp_path))
+    assert "samples_seed0_steps3.png" in names and "interpolation_seed0_steps3.png" in names
+    assert len([name for name in names if name.startswith("sample_seed0")]) == 4
+    metadata = json.loads((tmp_path / "samples_seed0_steps3.json").read_text())
+    assert metadata["steps"] == 3 and metadata["sampler"] == "ddim"
+
+
+def test_generate_defaults_to_the_newest_checkpoint_under_runs(trained_run, tmp_path, monkeypatch):
+    runs_root = tmp_path / "runs"
+    runs_root.mkdir()
+    os.symlink(trained_run, runs_root / "a")
+    monkeypatch.chdir(tmp_path)
+    assert generate.main(["--steps", "2", "--num-images", "2"]) == 0
+    assert os.path.exists(trained_run / "generated" / "samples_seed0_steps2.png")
+
+
+def exit_code(main, argv):
+    """What the process would exit with: main's return value or argparse's SystemExit code."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+def assert_one_line_error(capsys, message):
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    assert "usage:" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data-dir", "{missing}"], "does not exist"),
+    (["--data-dir", "{empty}"], "holds no image files"),
+    (["--data-dir", "{folder}", "--image-size", "17"], "not divisible by 2"),
+    (["--data-dir", "{folder}", "--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--data-dir", "{folder}", "--batch-size", "-4"], "--batch-size: must be a positive integer"),
+])
+def test_train_bad_input_is_one_line_and_exit_2(argv, message, tiny_folder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    values = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folder": tiny_folder}
+    argv = [arg.format(**values) for arg in argv]
+    run_dir = tmp_path / "run"
+    assert exit_code(train.main, [*TINY_ARGS[2:], *argv, "--run-dir", str(run_dir)]) == 2
+    assert_one_line_error(capsys, message)
+    assert not os.path.exists(run_dir / "checkpoints") or not os.listdir(run_dir / "checkpoints")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "{missing}"], "does not exist"),
+    (["--checkpoint", "{junk}"], "could not be loaded"),
+    (["--steps", "0"], "--steps: must be a positive integer"),
+    (["--num-images", "-1"], "--num-images: must be a positive integer"),
+])
+def test_generate_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "junk.keras").write_text("junk")
+    values = {"missing": tmp_path / "missing.keras", "junk": tmp_path / "junk.keras"}
+    argv = [arg.format(**values) for arg in argv]
+    assert exit_code(generate.main, argv) == 2
+    assert_one_line_error(capsys, message)
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    for cli in (train, generate):
+        with pytest.raises(SystemExit):
+            cli.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--epochs", "--dataset", "--data-dir", "--image-size", "--batch-size", "--widths",
+                 "--block-depth", "--learning-rate", "--weight-decay", "--ema", "--schedule",
+                 "--plot-every", "--run-dir", "--seed", "--limit", "--checkpoint", "--steps",
+                 "--num-images", "--interpolate", "--output"):
+        assert flag in text
+    assert "(default: 50)" in text
+
+
+BLOCK_TENSORFLOW = """
+import importlib.util
+import sys
+
+def absent(name):
+    return name.split(".")[0] in ("tensorflow", "tensorflow_datasets")
+
+class NoTensorFlow:  # imports fail and find_spec finds nothing, as if TensorFlow were not installed
+    def find_spec(self, name, path=None, target=None):
+        if absent(name):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTensorFlow())
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if absent(name) else find_spec(name, package))
+from diffusion_keras.cli.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
+def test_training_end_to_end_on_each_backend(backend, tiny_folder, tmp_path):
+    """A fresh process per backend; JAX and PyTorch run with TensorFlow imports blocked."""
+    pytest.importorskip(backend)
+    program = ["-c", BLOCK_TENSORFLOW] if backend != "tensorflow" else ["train.py"]
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    result = subprocess.run(
+        [sys.executable, *program, "--data-dir", str(tiny_folder), "--epochs", "2",
+         "--run-dir", str(tmp_path / "run"), "--plot-every", "2", *TINY_ARGS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert len(log) == 2 and log[1]["noise_loss"] < log[0]["noise_loss"] * 1.05
+    result = subprocess.run(
+        [sys.executable, "generate.py", "--checkpoint",
+         str(tmp_path / "run" / "checkpoints" / "epoch_0002.keras"), "--steps", "2",
+         "--num-images", "2", "--output", str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(tmp_path / "out")

@@ -1,0 +1,102 @@
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_keras.data import ImageBatches, load_image_folder, load_tfds, preprocess
+from diffusion_keras.errors import UsageError
+
+
+def test_folder_images_are_cropped_resized_float_nhwc(tiny_folder):
+    images = load_image_folder(str(tiny_folder), 8)
+    assert images.shape == (48, 8, 8, 3) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_limit_takes_a_seeded_subset(tiny_folder):
+    first = load_image_folder(str(tiny_folder), 8, limit=10, seed=1)
+    again = load_image_folder(str(tiny_folder), 8, limit=10, seed=1)
+    other = load_image_folder(str(tiny_folder), 8, limit=10, seed=2)
+    assert len(first) == 10
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_grayscale_folder_gives_one_channel_and_rgba_is_converted(tmp_path):
+    Image.new("L", (12, 10), 128).save(tmp_path / "gray.png")
+    Image.new("L", (10, 12), 30).save(tmp_path / "gray2.bmp")
+    assert load_image_folder(str(tmp_path), 8).shape == (2, 8, 8, 1)
+    Image.new("RGBA", (9, 9), (255, 0, 0, 128)).save(tmp_path / "rgba.png")
+    Image.new("P", (9, 9)).save(tmp_path / "palette.gif")
+    images = load_image_folder(str(tmp_path), 8)
+    assert images.shape == (4, 8, 8, 3)
+
+
+def test_unreadable_files_are_skipped_with_one_counted_warning(tiny_folder, tmp_path, caplog):
+    for index in range(3):
+        Image.new("RGB", (10, 10), (index, 0, 0)).save(tmp_path / f"good{index}.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    good = (tmp_path / "good0.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    with caplog.at_level(logging.WARNING, logger="diffusion_keras"):
+        images = load_image_folder(str(tmp_path), 8)
+    assert len(images) == 3
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and "skipped 3 unreadable image file(s) of 6" in warnings[0]
+
+
+def test_all_unreadable_is_an_error(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"junk")
+    with pytest.raises(UsageError, match="none of the 1 image files"):
+        load_image_folder(str(tmp_path), 8)
+
+
+def test_missing_and_empty_folders_are_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_image_folder(str(tmp_path / "missing"), 8)
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(UsageError, match="holds no image files"):
+        load_image_folder(str(tmp_path), 8)
+
+
+def test_offline_tfds_download_points_to_data_dir(tmp_path, monkeypatch):
+    from tensorflow_datasets.core.download import downloader
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # fail fast; the real default retries for minutes
+    with pytest.raises(UsageError, match="--data-dir"):
+        load_tfds("mnist", 8)
+
+
+def test_unknown_tfds_name_is_an_error():
+    with pytest.raises(UsageError, match="unknown dataset"):
+        load_tfds("imagenet", 8)
+
+
+def test_preprocess_accepts_uint8_and_grayscale():
+    images = preprocess(np.full((2, 4, 4), 255, np.uint8))
+    assert images.shape == (2, 4, 4, 1) and images.dtype == np.float32 and images.max() == 1.0
+
+
+def test_batches_are_reproducible_per_epoch_and_flip():
+    images = np.arange(20 * 2 * 2 * 1, dtype="float32").reshape(20, 2, 2, 1)
+    batches = ImageBatches(images, 8, seed=3)
+    assert len(batches) == 2  # the incomplete last batch is dropped
+    epoch0 = [batches[i] for i in range(2)]
+    batches.on_epoch_end()
+    epoch1 = [batches[i] for i in range(2)]
+    replay = ImageBatches(images, 8, seed=3)
+    np.testing.assert_array_equal(replay[0], epoch0[0])
+    replay.set_epoch(1)
+    np.testing.assert_array_equal(replay[1], epoch1[1])
+    assert not np.array_equal(epoch0[0], epoch1[0])
+    flipped = ImageBatches(images, 20, seed=0, shuffle=False)[0]
+    assert any(np.array_equal(f, o[:, ::-1]) and not np.array_equal(f, o)
+               for f, o in zip(flipped, images))
+
+
+def test_fewer_images_than_a_batch_is_an_error():
+    with pytest.raises(UsageError, match="smaller --batch-size"):
+        ImageBatches(np.zeros((3, 2, 2, 1), "float32"), 8)

@@ -1,0 +1,98 @@
+import keras
+import numpy as np
+import pytest
+
+from diffusion_keras import DiffusionModel
+from diffusion_keras.errors import UsageError
+from diffusion_keras.runs import load_checkpoint
+from tests.conftest import TINY
+
+
+def test_short_fit_on_real_image_files_lowers_the_noise_loss(trained_model):
+    losses = trained_model.fit_history["noise_loss"]
+    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.7, "an untrained model's noise loss is about E|eps| = 0.8"
+
+
+def test_ema_network_starts_as_an_exact_copy():
+    model = DiffusionModel(seed=0, **TINY)
+    for online, ema in zip(model.network.get_weights(), model.ema_network.get_weights()):
+        np.testing.assert_array_equal(online, ema)
+    assert not model.ema_network.trainable_weights
+
+
+def test_ema_tracks_the_online_weights_inside_the_train_step(tiny_images):
+    model = DiffusionModel(ema=0.5, seed=0, **TINY)
+    model.normalizer.adapt(tiny_images)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    batch = tiny_images[:8]
+    start = model.network.get_weights()
+    model.train_on_batch(batch)
+    after_one = model.network.get_weights()
+    model.train_on_batch(batch)
+    # Each step averages in the online weights it started from: ema2 = 0.5 * w0 + 0.5 * w1.
+    # (BatchNorm statistics are averaged after the forward pass has updated them.)
+    trainable = [weight.trainable for weight in model.network.weights]
+    for is_trainable, w0, w1, ema in zip(trainable, start, after_one,
+                                         model.ema_network.get_weights()):
+        if is_trainable:
+            np.testing.assert_allclose(ema, 0.5 * w0 + 0.5 * w1, rtol=1e-5, atol=1e-7)
+    differs = [not np.allclose(ema, online) for ema, online in
+               zip(model.ema_network.get_weights(), model.network.get_weights())]
+    assert any(differs)
+
+
+def test_sampling_with_the_same_seed_is_deterministic(trained_model):
+    first = trained_model.generate(4, diffusion_steps=5, seed=7)
+    second = trained_model.generate(4, diffusion_steps=5, seed=7)
+    other = trained_model.generate(4, diffusion_steps=5, seed=8)
+    assert first.shape == (4, 16, 16, 3)
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other)
+
+
+def test_generate_in_batches_matches_one_batch(trained_model):
+    noise = trained_model.initial_noise(6, seed=3)
+    whole = trained_model.generate(6, 4, initial_noise=noise)
+    batched = trained_model.generate(6, 4, initial_noise=noise, batch_size=4)
+    np.testing.assert_allclose(whole, batched, atol=1e-5)
+
+
+def test_save_and_load_give_identical_samples(trained_model, tmp_path):
+    path = str(tmp_path / "model.keras")
+    trained_model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, DiffusionModel)
+    assert loaded.get_config() == trained_model.get_config()
+    np.testing.assert_array_equal(loaded.generate(4, 5, seed=1), trained_model.generate(4, 5, seed=1))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.normalizer.mean),
+                               keras.ops.convert_to_numpy(trained_model.normalizer.mean))
+
+
+def test_loading_a_missing_or_foreign_file_names_it(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nope.keras"))
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip file")
+    with pytest.raises(UsageError, match="junk.keras"):
+        load_checkpoint(str(junk))
+    other = tmp_path / "other.keras"
+    keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(str(other))
+    with pytest.raises(UsageError, match="not a diffusion_keras"):
+        load_checkpoint(str(other))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"channels": 2}, "channels must be 1 or 3"),
+    ({"ema": 1.5}, "ema momentum"),
+    ({"image_size": 10, "widths": (8, 16, 32)}, "not divisible"),
+])
+def test_bad_settings_are_rejected_with_the_value(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        DiffusionModel(**{**TINY, **kwargs})
+
+
+def test_non_positive_steps_are_rejected(trained_model):
+    with pytest.raises(UsageError, match="positive"):
+        trained_model.generate(2, diffusion_steps=0)
