@@ -59,3 +59,53 @@ def compile_function(function, variables):
 
         return no_grad
     return function
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where it pays off."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            flags = file.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_dtype_policy():
+    """The fastest Keras dtype policy measured for this backend and machine (see BENCHMARKS.md)."""
+    if has_gpu():
+        return "mixed_bfloat16"
+    if BACKEND == "tensorflow" and cpu_has_bfloat16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def device_name():
+    """A short description of where the backend computes."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    if BACKEND == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return "gpu" if has_gpu() else "cpu"
+
+
+def device_peak_memory_mib():
+    """Peak accelerator memory of this process in MiB, or None on a CPU."""
+    if not has_gpu():
+        return None
+    if BACKEND == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        return round(stats.get("peak_bytes_in_use", 0) / 2**20, 1)
+    if BACKEND == "torch":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import tensorflow as tf
+
+    return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)

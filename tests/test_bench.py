@@ -1,0 +1,30 @@
+"""The benchmark runs and reports every figure it promises (its numbers are not asserted)."""
+
+import json
+
+from diffusion_keras import bench
+from diffusion_keras.unet import build_unet
+
+
+def test_bench_prints_a_json_line_and_a_table(capsys):
+    assert bench.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
+                       "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
+                       "--precision", "float32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = json.loads(lines[0])
+    for key in ("train_img_s", "sample_img_s", "train_tflop_s", "host_peak_mib", "params",
+                "forward_gflops_per_image"):
+        assert row[key] is not None and row[key] >= 0
+    assert row["train_img_s"] > 0 and row["sample_img_s"] > 0
+    assert lines[1].startswith("backend | precision")
+
+
+def test_flop_count_matches_a_hand_count():
+    network = build_unet(8, 3, widths=(4, 8), block_depth=1, embedding_dims=4)
+    # 1x1 stem: 8*8*4*3; block at 8x8 (in 8 = 4 stem + 4 embedding, out 4): 1x1 skip 8*8*4*8,
+    # 3x3 8->4 and 4->4; bottom block at 4x4 (4->8): skip 4*4*8*4, 3x3 4->8, 8->8;
+    # up block at 8x8 (8+4 -> 4): skip 8*8*4*12, 3x3 12->4, 4->4; output 1x1 4->3.
+    macs = (64 * 4 * 3 + 64 * 4 * 8 + 64 * 9 * 8 * 4 + 64 * 9 * 4 * 4
+            + 16 * 8 * 4 + 16 * 9 * 4 * 8 + 16 * 9 * 8 * 8
+            + 64 * 4 * 12 + 64 * 9 * 12 * 4 + 64 * 9 * 4 * 4 + 64 * 3 * 4)
+    assert bench.forward_flops_per_image(network) == 2 * macs
