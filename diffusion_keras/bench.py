@@ -44,6 +44,20 @@ def peak_memory():
     return {"host_peak_mib": round(host, 1), "device_peak_mib": backend.device_peak_memory_mib()}
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Wall-clock time of each training batch, so epoch start-up and compilation stay out."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    def seconds_per_step(self, skip):
+        return (self.ends[-1] - self.ends[skip]) / (len(self.ends) - 1 - skip)
+
+
 def timed(function, repeats):
     """Seconds per call of `function` after one warm-up call."""
     function()
@@ -60,14 +74,13 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
     keras.utils.set_random_seed(seed)
     model = build_model(image_size, 3, widths, block_depth, seed=seed)
     images = np.random.default_rng(seed).random(
-        (batch_size * train_steps, image_size, image_size, 3), dtype=np.float32)
+        (batch_size * (train_steps + 2), image_size, image_size, 3), dtype=np.float32)
     model.normalizer.adapt(images[:batch_size])
-    batches = ImageBatches(images, batch_size, seed=seed)
-
-    def train_epoch():
-        model.fit(batches, epochs=1, verbose=0)
-
-    train_seconds = timed(train_epoch, 1) / train_steps
+    timer = StepTimer()
+    warm_up_steps = 2  # the first step compiles; the second may still settle
+    model.fit(ImageBatches(images, batch_size, seed=seed), epochs=1, verbose=0,
+              steps_per_epoch=train_steps + warm_up_steps, callbacks=[timer])
+    train_seconds = timer.seconds_per_step(skip=warm_up_steps - 1)
     sample_batch_size = sample_batch_size or batch_size
     noise = model.initial_noise(sample_batch_size, seed=seed)
 

@@ -39,7 +39,7 @@ class DiffusionModel(keras.Model):
 
         unet_args = (image_size, channels, self.widths, block_depth, embedding_dims,
                      embedding_max_frequency)
-        self.normalizer = layers.Normalization(axis=-1)
+        self.normalizer = layers.Normalization(axis=-1, dtype="float32")  # exact in mixed precision
         self.normalizer.build((None, image_size, image_size, channels))
         self.network = build_unet(*unet_args, name="network")
         self.ema_network = build_unet(*unet_args, name="ema_network")

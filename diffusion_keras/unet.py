@@ -26,7 +26,9 @@ def build_unet(image_size=32, channels=3, widths=DEFAULT_WIDTHS, block_depth=2,
     noisy_images = keras.Input((image_size, image_size, channels), name="noisy_images")
     noise_variances = keras.Input((1, 1, 1), name="noise_variances")
 
-    embedding = SinusoidalEmbedding(embedding_dims, max_frequency=embedding_max_frequency)(
+    # float32 even under mixed precision: sin(2 pi 1000 v) is noise in bfloat16.
+    embedding = SinusoidalEmbedding(embedding_dims, max_frequency=embedding_max_frequency,
+                                    dtype="float32")(
         noise_variances
     )
     embedding = layers.UpSampling2D(size=image_size, interpolation="nearest")(embedding)
