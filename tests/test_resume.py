@@ -73,15 +73,16 @@ def reference(tiny_images, tmp_path_factory):
 
 
 def test_same_seed_gives_the_same_log_and_grids(reference, tiny_images, tmp_path):
+    """(The CLI test below compares whole runs made in other processes, interrupted or not.)"""
     reference_dir, _ = reference
     run_dir = runs.prepare_run_dir(str(tmp_path / "again"))
-    training.train(tiny_images, run_dir, 3, verbose=0, **SETTINGS)
-    assert_same_log(log_of(run_dir), log_of(reference_dir))
-    for epoch in (1, 2, 3):
-        np.testing.assert_array_equal(grid(run_dir, epoch), grid(reference_dir, epoch))
+    training.train(tiny_images, run_dir, 1, verbose=0, **SETTINGS)
+    assert_same_log(log_of(run_dir), log_of(reference_dir)[:1])
+    np.testing.assert_array_equal(grid(run_dir, 1), grid(reference_dir, 1))
     other_dir = runs.prepare_run_dir(str(tmp_path / "other_seed"))
     training.train(tiny_images, other_dir, 1, seed=1, verbose=0, **SETTINGS)
     assert log_of(other_dir)[0]["noise_loss"] != log_of(reference_dir)[0]["noise_loss"]
+    assert not np.array_equal(grid(other_dir, 1), grid(reference_dir, 1))
 
 
 def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(reference, tiny_images,
@@ -140,14 +141,14 @@ def test_sigint_then_resume_newest_run_from_the_cli(reference, tiny_folder, tmp_
     checkpoints = tmp_path / run_dir / runs.CHECKPOINT_DIR
     assert sorted(os.listdir(checkpoints)) == ["best.keras", "epoch_0001.keras"]
 
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--resume"],
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--resume",
+                             "--keep-checkpoints", "2"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {run_dir} after epoch 1 of 3" in result.stdout
     assert_same_log(log_of(tmp_path / run_dir), log_of(reference_dir))
     np.testing.assert_array_equal(grid(tmp_path / run_dir, 3), grid(reference_dir, 3))
-    assert sorted(os.listdir(checkpoints)) == [
-        "best.keras", "epoch_0001.keras", "epoch_0002.keras", "epoch_0003.keras"]
+    assert sorted(os.listdir(checkpoints)) == ["best.keras", "epoch_0002.keras", "epoch_0003.keras"]
 
 
 def test_resume_skips_a_truncated_checkpoint_and_retrains_that_epoch(reference, tiny_folder,
@@ -207,5 +208,5 @@ def test_signal_during_training_is_reported_as_interrupted(tmp_path, tiny_folder
     run_dir = tmp_path / "run"
     code = train.main(["--data-dir", str(tiny_folder), "--run-dir", str(run_dir), *CLI_SETTINGS])
     assert code == 130
-    assert "interrupted before the first epoch completed" in capsys.readouterr().err
+    assert "interrupted: no epoch had completed" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

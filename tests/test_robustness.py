@@ -1,6 +1,7 @@
 """Faults a long run meets: bad files in the data, a diverging loss, an unwritable run folder, a
 crash in the middle of writing a file."""
 
+import errno
 import io
 import json
 import logging
@@ -128,6 +129,29 @@ def test_unwritable_run_folder_fails_before_the_data_is_read(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot write to run folder" in err and "choose another --run-dir" in err
     assert "does not exist" not in err  # the data folder was never looked at
+
+
+def test_disk_full_while_saving_keeps_the_saved_epochs_and_says_how_to_resume(
+        tiny_folder, tmp_path, monkeypatch, capsys):
+    save = keras.Model.save
+
+    def save_until_disk_full(model, path, *args, **kwargs):
+        if "epoch_0002" in os.path.basename(path):
+            with open(path, "wb") as file:
+                file.write(b"PK\x03\x04 half a zip")
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_until_disk_full)
+    run_dir = tmp_path / "run"
+    code = train.main(["--data-dir", str(tiny_folder), "--run-dir", str(run_dir), "--epochs", "3",
+                       *CLI_SETTINGS])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert f"epochs up to 1 are saved in {run_dir}; resume with: python train.py --resume" in err
+    assert sorted(os.listdir(run_dir / runs.CHECKPOINT_DIR)) == ["best.keras", "epoch_0001.keras"]
+    assert [row["epoch"] for row in runs.resume_point(str(run_dir)).history] == [1]
 
 
 def test_a_crash_while_writing_leaves_the_previous_file_whole(tmp_path):

@@ -80,22 +80,28 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def train_from_args(args, argv=None):
-    from diffusion_keras import runs, training
+def open_run(args, argv):
+    """The settings, run folder and resume point (None for a new run), checked before any data."""
+    from diffusion_keras import runs
 
-    resume_from = None
-    if args.resume is not None:
-        args = resumed_args(args, argv)
-        run_dir = runs.prepare_run_dir(args.run_dir)
-        resume_from = runs.resume_point(run_dir)
-        for _, reason in resume_from.skipped:
-            print(f"warning: {reason}; skipping it", file=sys.stderr)
-        if args.epochs <= resume_from.epoch:
-            raise UsageError(f"run {run_dir!r} has completed {resume_from.epoch} of --epochs "
-                             f"{args.epochs}; pass a larger --epochs to train it further")
-    else:
+    if args.resume is None:
         check_image_size(args.image_size, args.widths)
         run_dir = runs.prepare_run_dir(args.run_dir) if args.run_dir else runs.new_run_dir()
+        return args, run_dir, None
+    args = resumed_args(args, argv)
+    run_dir = runs.prepare_run_dir(args.run_dir)
+    resume_from = runs.resume_point(run_dir)
+    for _, reason in resume_from.skipped:
+        print(f"warning: {reason}; skipping it", file=sys.stderr)
+    if args.epochs <= resume_from.epoch:
+        raise UsageError(f"run {run_dir!r} has completed {resume_from.epoch} of --epochs "
+                         f"{args.epochs}; pass a larger --epochs to train it further")
+    return args, run_dir, resume_from
+
+
+def fit_run(args, run_dir, resume_from):
+    from diffusion_keras import runs, training
+
     images = load_images(args.image_size, args.dataset, args.data_dir, args.limit, args.seed)
     if resume_from is not None and len(images) != args.num_images:
         print(f"warning: the data now has {len(images)} images, the run started with "
@@ -111,24 +117,38 @@ def train_from_args(args, argv=None):
         print(f"training on {len(images)} images of shape {images.shape[1:]}; run folder {run_dir}")
     else:
         print(f"resuming {run_dir} after epoch {resume_from.epoch} of {args.epochs}")
+    training.train(
+        images, run_dir, args.epochs, args.batch_size, args.widths, args.block_depth,
+        args.schedule, args.ema, args.learning_rate, args.weight_decay, args.seed, flip,
+        args.validation_split, args.plot_every, args.keep_checkpoints,
+        verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
+        clip_norm=args.clip_norm, resume_from=resume_from,
+    )
+
+
+def what_is_saved(run_dir):
+    from diffusion_keras import runs
+
+    checkpoints = runs.run_checkpoints(run_dir)
+    if not checkpoints:
+        return "no epoch had completed, so nothing was saved"
+    return (f"epochs up to {runs.checkpoint_epoch(checkpoints[-1])} are saved in {run_dir}; "
+            f"resume with: python train.py --resume {run_dir}")
+
+
+def train_from_args(args, argv=None):
+    from diffusion_keras import runs
+
+    args, run_dir, resume_from = open_run(args, argv)
     previous_handler = signal.signal(signal.SIGTERM, interrupt)  # a scheduler's kill = Ctrl-C
     try:
-        training.train(
-            images, run_dir, args.epochs, args.batch_size, args.widths, args.block_depth,
-            args.schedule, args.ema, args.learning_rate, args.weight_decay, args.seed, flip,
-            args.validation_split, args.plot_every, args.keep_checkpoints,
-            verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
-            clip_norm=args.clip_norm, resume_from=resume_from,
-        )
+        fit_run(args, run_dir, resume_from)
     except KeyboardInterrupt:
-        checkpoints = runs.run_checkpoints(run_dir)
-        if not checkpoints:
-            print("interrupted before the first epoch completed; nothing was saved",
-                  file=sys.stderr)
-        else:
-            print(f"interrupted: epochs up to {runs.checkpoint_epoch(checkpoints[-1])} are saved "
-                  f"in {run_dir}; resume with: python train.py --resume {run_dir}", file=sys.stderr)
+        print(f"interrupted: {what_is_saved(run_dir)}", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, say: every file already written is whole
+        print(f"error: {error}; {what_is_saved(run_dir)}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     print(f"done: checkpoints in {os.path.join(run_dir, runs.CHECKPOINT_DIR)}, samples in "
