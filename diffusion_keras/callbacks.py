@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from diffusion_keras import runs
+from diffusion_keras.errors import UsageError
 from diffusion_keras.plotting import display, save_image_grid
 
 
@@ -45,16 +46,22 @@ class ImageGenerator(keras.callbacks.Callback):
 class Checkpointer(keras.callbacks.Callback):
     """Save `checkpoints/epoch_NNNN.keras` every epoch (keeping the newest `keep`) and `best.keras`.
 
-    "Best" is the lowest `monitor` value seen (validation noise loss when there is validation data).
+    "Best" is the lowest `monitor` value seen (validation noise loss when there is validation data);
+    a resumed run passes its log so far as `history`, so best.keras is only replaced by a better one.
     """
 
-    def __init__(self, run_dir, keep=3, monitor="val_noise_loss", fallback_monitor="noise_loss"):
+    def __init__(self, run_dir, keep=3, monitor="val_noise_loss", fallback_monitor="noise_loss",
+                 history=()):
         super().__init__()
         self.run_dir = run_dir
         self.keep = keep
         self.monitor = monitor
         self.fallback_monitor = fallback_monitor
-        self.best = math.inf
+        values = [self.value(row) for row in history]
+        self.best = min((value for value in values if value is not None), default=math.inf)
+
+    def value(self, logs):
+        return logs.get(self.monitor, logs.get(self.fallback_monitor))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -63,7 +70,7 @@ class Checkpointer(keras.callbacks.Callback):
             self.model.save(temporary)
         for old in runs.run_checkpoints(self.run_dir)[: -self.keep]:
             os.remove(old)
-        value = logs.get(self.monitor, logs.get(self.fallback_monitor))
+        value = self.value(logs)
         if value is not None and value < self.best:
             self.best = value
             best = os.path.join(self.run_dir, runs.CHECKPOINT_DIR, "best.keras")
@@ -92,3 +99,58 @@ class MetricsLog(keras.callbacks.Callback):
         with runs.atomic_write(os.path.join(self.run_dir, "log.csv")) as temporary:
             with open(temporary, "w") as file:
                 file.write(text.getvalue())
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Restart the model's noise stream at every epoch from (seed, epoch).
+
+    `.keras` files do not keep a SeedGenerator's state, so without this a resumed run would draw
+    the noise of epoch 1 again; with it, a resumed epoch draws exactly what an uninterrupted one did.
+    """
+
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        state = self.model.seed_generator.state
+        start = np.random.default_rng((self.seed, epoch)).integers(2**31)
+        state.assign(np.array([start, 0], dtype=state.dtype))
+
+
+class NonFiniteLoss(UsageError):
+    """Training diverged; the run folder still holds the checkpoints of the epochs before it."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop with a clear error at the first non-finite metric, before anything saves the model.
+
+    Unlike `keras.callbacks.TerminateOnNaN` this raises, so the epoch's end callbacks (checkpoint,
+    log, samples) never run on NaN weights; list it before them.
+    """
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.check(logs, f"epoch {self.epoch}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check(logs, f"the end of epoch {self.epoch}")
+
+    def check(self, logs, where):
+        bad = {key: value for key, value in (logs or {}).items()
+               if not np.all(np.isfinite(np.asarray(value)))}
+        if not bad:
+            return
+        checkpoints = runs.run_checkpoints(self.run_dir)
+        kept = (f"the last good checkpoint {checkpoints[-1]!r} is kept" if checkpoints
+                else "no epoch had completed, so no checkpoint was saved")
+        values = ", ".join(f"{key}={float(np.mean(value))}" for key, value in bad.items())
+        raise NonFiniteLoss(f"training diverged ({values}) at {where}; {kept}; start again with "
+                            "a lower --learning-rate or with --clip-norm (e.g. 1.0)")

@@ -17,7 +17,9 @@ log = logging.getLogger("diffusion_keras")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TFDS_DATASETS = ("cifar10", "mnist", "fashion_mnist", "oxford_flowers102")
 GRAYSCALE_DATASETS = ("mnist", "fashion_mnist")
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+MAX_UPSCALE = 4  # images whose shorter side is under image_size / 4 would only teach blur
 
 
 def preprocess(imgs):
@@ -34,6 +36,8 @@ def preprocess(imgs):
 
 def fit_image(image, image_size, channels):
     """Centre-crop to a square, resize to `image_size` and convert to 1 or 3 channels (uint8)."""
+    if image.mode in SIXTEEN_BIT_MODES:  # Pillow's convert would clip 16-bit values to white
+        image = Image.fromarray((np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8))
     image = image.convert("L" if channels == 1 else "RGB")
     image = ImageOps.fit(image, (image_size, image_size), Image.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
@@ -57,6 +61,11 @@ def list_image_files(data_dir):
     return files
 
 
+def min_side(image_size):
+    """The shortest image side worth training on: at most MAX_UPSCALE times enlarged."""
+    return -(-image_size // MAX_UPSCALE)
+
+
 def seeded_subset(items, limit, seed):
     """A seeded random subset of `limit` items in their original order (all when limit is None)."""
     if limit is None or limit >= len(items):
@@ -66,26 +75,37 @@ def seeded_subset(items, limit, seed):
 
 
 def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):
-    """Decode every readable image under `data_dir`; unreadable files are skipped with a warning.
+    """Decode every usable image under `data_dir`; the others are skipped with one warning.
 
-    `channels=None` picks 1 when every image is grayscale, else 3.
+    Unusable: unreadable (corrupt, truncated, empty, not an image) or too small to train on (see
+    `min_side`). `channels=None` picks 1 when every image is grayscale, else 3.
     """
     files = seeded_subset(list_image_files(data_dir), limit, seed)
-    opened, skipped = [], []
+    opened, unreadable, too_small = [], [], []
     for path in files:
         try:
             with Image.open(path) as image:
                 image.load()
-                opened.append(image.copy())
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            skipped.append((path, error))
-    if skipped:
-        examples = ", ".join(os.path.relpath(path, data_dir) for path, _ in skipped[:3])
-        log.warning("skipped %d unreadable image file(s) of %d in %s (e.g. %s)",
-                    len(skipped), len(files), data_dir, examples)
+                image = image.copy()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            unreadable.append(path)
+            continue
+        if min(image.size) < min_side(image_size):
+            too_small.append(path)
+        else:
+            opened.append(image)
+    if unreadable or too_small:
+        reasons = [f"{len(unreadable)} unreadable"] if unreadable else []
+        if too_small:
+            reasons.append(f"{len(too_small)} under {min_side(image_size)} pixels on a side")
+        examples = ", ".join(os.path.relpath(path, data_dir) for path in (unreadable + too_small)[:3])
+        log.warning("skipped %d image file(s) of %d in %s: %s (e.g. %s)",
+                    len(unreadable) + len(too_small), len(files), data_dir, ", ".join(reasons),
+                    examples)
     if not opened:
-        raise UsageError(f"none of the {len(files)} image files in {data_dir!r} could be read; "
-                         "check that they are valid JPEG/PNG/BMP/GIF files")
+        raise UsageError(f"none of the {len(files)} image files in {data_dir!r} could be used; "
+                         "check that they are valid JPEG/PNG/BMP/GIF files of at least "
+                         f"{min_side(image_size)} pixels on a side")
     if channels is None:
         channels = 1 if all(image.mode in GRAYSCALE_MODES for image in opened) else 3
     return preprocess(np.stack([fit_image(image, image_size, channels) for image in opened]))

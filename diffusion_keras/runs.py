@@ -6,6 +6,7 @@ import json
 import os
 import time
 import zipfile
+from typing import NamedTuple
 
 import keras
 
@@ -98,3 +99,59 @@ def load_checkpoint(path, compile=False):
         raise UsageError(f"checkpoint {path!r} holds a {type(model).__name__}, not a "
                          "diffusion_keras DiffusionModel")
     return model
+
+
+def checkpoint_epoch(path):
+    """The epoch number in an `epoch_NNNN.keras` name."""
+    return int(os.path.basename(path)[len("epoch_"):-len(".keras")])
+
+
+def read_json(path, what):
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read {what} {path!r} ({type(error).__name__}); pass the folder "
+                         "of a run made by train.py") from error
+
+
+def newest_run(root=RUNS_ROOT):
+    """The run under `root` written to most recently (its config or newest checkpoint)."""
+    configs = glob.glob(os.path.join(root, "*", "config.json"))
+    if not configs:
+        raise UsageError(f"no runs found under {root!r} to resume; pass --resume RUN_DIR")
+    return max((os.path.dirname(config) for config in configs), key=last_written)
+
+
+def last_written(run_dir):
+    paths = [os.path.join(run_dir, "config.json"), *run_checkpoints(run_dir)]
+    return max(os.path.getmtime(path) for path in paths)
+
+
+class ResumePoint(NamedTuple):
+    """Where an interrupted run continues: a model loaded with its optimizer state, the epoch it
+    completed, the log rows up to that epoch, and (path, reason) of newer checkpoints skipped."""
+    model: keras.Model
+    epoch: int
+    history: list
+    skipped: list
+
+
+def resume_point(run_dir):
+    """The newest loadable checkpoint of `run_dir`; corrupt or truncated newer ones are skipped.
+
+    Log rows after that epoch are dropped: those epochs are trained again, so none is logged twice.
+    """
+    skipped = []
+    for path in reversed(run_checkpoints(run_dir)):
+        try:
+            model = load_checkpoint(path, compile=True)
+        except UsageError as error:
+            skipped.append((path, str(error)))
+            continue
+        epoch = checkpoint_epoch(path)
+        log_path = os.path.join(run_dir, "log.json")
+        rows = read_json(log_path, "training log") if os.path.exists(log_path) else []
+        return ResumePoint(model, epoch, [row for row in rows if row["epoch"] <= epoch], skipped)
+    raise UsageError(f"run folder {run_dir!r} holds no loadable epoch checkpoint to resume from "
+                     f"({len(skipped)} unreadable); start a new run instead")

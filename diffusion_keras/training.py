@@ -4,7 +4,13 @@ import keras
 import numpy as np
 
 from diffusion_keras import backend
-from diffusion_keras.callbacks import Checkpointer, ImageGenerator, MetricsLog
+from diffusion_keras.callbacks import (
+    Checkpointer,
+    EpochSeeds,
+    ImageGenerator,
+    MetricsLog,
+    StopOnNonFiniteLoss,
+)
 from diffusion_keras.data import ImageBatches
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.unet import DEFAULT_WIDTHS
@@ -20,12 +26,14 @@ def split_images(images, validation_split, batch_size, seed):
 
 
 def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, schedule="offset_cosine",
-                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0):
-    """A compiled DiffusionModel with AdamW and this backend's best compile settings."""
+                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0, clip_norm=None):
+    """A compiled DiffusionModel with AdamW (gradients clipped to global norm `clip_norm` when
+    given) and this backend's best compile settings."""
     model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,
                            block_depth=block_depth, schedule=schedule, ema=ema, seed=seed)
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
+        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay,
+                                         global_clipnorm=clip_norm),
         jit_compile=backend.default_jit_compile(),
     )
     return model
@@ -33,25 +41,43 @@ def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, sche
 
 def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_depth=2,
           schedule="offset_cosine", ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0,
-          flip=True, validation_split=0.05, plot_every=1, keep_checkpoints=3, verbose="auto"):
+          flip=True, validation_split=0.05, plot_every=1, keep_checkpoints=3, verbose="auto",
+          clip_norm=None, resume_from=None, callbacks=()):
     """Train on `images` (float32 NHWC in [0, 1]) and leave checkpoints, samples and a log in
-    `run_dir`. Returns the trained model."""
+    `run_dir`. Returns the trained model.
+
+    `resume_from` (a `runs.resume_point(run_dir)`) continues that run after its last completed
+    epoch: its model (optimizer, EMA and normaliser state), log and best value carry on, and data
+    order and noise are drawn from (seed, epoch), so the result matches an uninterrupted run.
+    The architecture and optimizer settings then come from the checkpoint. A Ctrl-C
+    (KeyboardInterrupt) or an error propagates: every completed epoch is already checkpointed,
+    and a non-finite loss raises `callbacks.NonFiniteLoss` before a NaN model is saved.
+    """
     keras.utils.set_random_seed(seed)
     train_images, validation_images = split_images(images, validation_split, batch_size, seed)
-    model = build_model(images.shape[1], images.shape[-1], widths, block_depth, schedule, ema,
-                        learning_rate, weight_decay, seed)
-    model.normalizer.adapt(train_images)
+    if resume_from is None:
+        model = build_model(images.shape[1], images.shape[-1], widths, block_depth, schedule, ema,
+                            learning_rate, weight_decay, seed, clip_norm)
+        model.normalizer.adapt(train_images)
+        initial_epoch, history = 0, []
+    else:
+        model, initial_epoch, history, _ = resume_from
     validation = None
     if validation_images is not None:
         validation = ImageBatches(validation_images, batch_size, flip=False, shuffle=False)
     model.fit(
-        ImageBatches(train_images, batch_size, flip=flip, seed=seed),
+        ImageBatches(train_images, batch_size, flip=flip, seed=seed, epoch=initial_epoch),
         epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
         validation_data=validation,
-        callbacks=[
+        callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
+            EpochSeeds(seed),
+            StopOnNonFiniteLoss(run_dir),
             ImageGenerator(run_dir, every=plot_every, seed=seed),
-            Checkpointer(run_dir, keep=keep_checkpoints),
-            MetricsLog(run_dir),
+            MetricsLog(run_dir, history),
+            Checkpointer(run_dir, keep=keep_checkpoints, history=history),
+            *callbacks,
         ],
         verbose=verbose,
     )

@@ -1,0 +1,212 @@
+"""Interrupted runs resume exactly: same weights, same log, same grids as an uninterrupted run.
+
+Exactness holds because everything random is a function of (seed, epoch): the data order
+(ImageBatches), the noise (callbacks.EpochSeeds) and the sample grids (fixed seed); the rest of the
+state (weights, EMA, normaliser, optimizer) is in the checkpoint.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_keras import runs, training
+from diffusion_keras.cli import train
+from tests.conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = {"batch_size": 8, "widths": TINY["widths"], "block_depth": 1, "validation_split": 0.2}
+CLI_SETTINGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8",
+                "--validation-split", "0.2", "--epochs", "3"]
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Ctrl-C in the middle of an epoch (0-based `epoch`, before step `batch`)."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def log_of(run_dir):
+    with open(os.path.join(run_dir, "log.json")) as file:
+        return json.load(file)
+
+
+def grid(run_dir, epoch):
+    return np.asarray(Image.open(os.path.join(run_dir, runs.SAMPLES_DIR, f"epoch_{epoch:04d}.png")))
+
+
+def assert_same_log(log, expected):
+    assert [row["epoch"] for row in log] == [row["epoch"] for row in expected]
+    for row, expected_row in zip(log, expected):
+        assert row.keys() == expected_row.keys()
+        np.testing.assert_allclose(list(row.values()), list(expected_row.values()), rtol=1e-5)
+
+
+def cli_config(data_dir, run_dir):
+    """The config.json train.py would have written for the `reference` run."""
+    settings = vars(train.parser().parse_args(CLI_SETTINGS))
+    return {**settings, "data_dir": str(data_dir), "run_dir": run_dir, "num_images": 48}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_images, tmp_path_factory):
+    """An uninterrupted 3-epoch run, seed 0."""
+    run_dir = runs.prepare_run_dir(str(tmp_path_factory.mktemp("reference") / "run"))
+    model = training.train(tiny_images, run_dir, 3, verbose=0, **SETTINGS)
+    return run_dir, model
+
+
+def test_same_seed_gives_the_same_log_and_grids(reference, tiny_images, tmp_path):
+    """(The CLI test below compares whole runs made in other processes, interrupted or not.)"""
+    reference_dir, _ = reference
+    run_dir = runs.prepare_run_dir(str(tmp_path / "again"))
+    training.train(tiny_images, run_dir, 1, verbose=0, **SETTINGS)
+    assert_same_log(log_of(run_dir), log_of(reference_dir)[:1])
+    np.testing.assert_array_equal(grid(run_dir, 1), grid(reference_dir, 1))
+    other_dir = runs.prepare_run_dir(str(tmp_path / "other_seed"))
+    training.train(tiny_images, other_dir, 1, seed=1, verbose=0, **SETTINGS)
+    assert log_of(other_dir)[0]["noise_loss"] != log_of(reference_dir)[0]["noise_loss"]
+    assert not np.array_equal(grid(other_dir, 1), grid(reference_dir, 1))
+
+
+def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(reference, tiny_images,
+                                                                          tmp_path):
+    reference_dir, reference_model = reference
+    run_dir = runs.prepare_run_dir(str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_images, run_dir, 3, verbose=0, callbacks=[InterruptAt(1, 2)],
+                       **SETTINGS)
+    # the half-trained epoch 2 left nothing behind: no checkpoint, no log row
+    assert sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR))) == [
+        "best.keras", "epoch_0001.keras"]
+    assert [row["epoch"] for row in log_of(run_dir)] == [1]
+
+    point = runs.resume_point(run_dir)
+    assert (point.epoch, len(point.history), point.skipped) == (1, 1, [])
+    model = training.train(tiny_images, run_dir, 3, verbose=0, resume_from=point, **SETTINGS)
+    assert_same_log(log_of(run_dir), log_of(reference_dir))
+    for weight, expected in zip(model.weights, reference_model.weights):
+        assert weight.path.split("/")[-1] == expected.path.split("/")[-1]
+        np.testing.assert_allclose(np.asarray(weight), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(grid(run_dir, 3), grid(reference_dir, 3))
+
+
+# The child sends itself a real SIGINT in the middle of epoch 2 (before its second step).
+INTERRUPT_MID_EPOCH_2 = """
+import os, signal, sys
+from diffusion_keras import callbacks
+from diffusion_keras.cli.train import main
+
+check = callbacks.StopOnNonFiniteLoss.on_train_batch_end
+def interrupting(self, batch, logs=None):
+    check(self, batch, logs)
+    if (self.epoch, batch) == (2, 0):
+        os.kill(os.getpid(), signal.SIGINT)
+callbacks.StopOnNonFiniteLoss.on_train_batch_end = interrupting
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigint_then_resume_newest_run_from_the_cli(reference, tiny_folder, tmp_path):
+    """Ctrl-C saves nothing half-done and says how to resume; `--resume` continues the newest run
+    (in a new process) with a continuous log identical to the uninterrupted one."""
+    reference_dir, _ = reference
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    run_dir = os.path.join("runs", "first")
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_MID_EPOCH_2, "--data-dir", str(tiny_folder),
+         "--run-dir", run_dir, *CLI_SETTINGS],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert f"epochs up to 1 are saved in {run_dir}" in result.stderr
+    assert f"resume with: python train.py --resume {run_dir}" in result.stderr
+    assert "Traceback" not in result.stderr
+    checkpoints = tmp_path / run_dir / runs.CHECKPOINT_DIR
+    assert sorted(os.listdir(checkpoints)) == ["best.keras", "epoch_0001.keras"]
+
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--resume",
+                             "--keep-checkpoints", "2"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming {run_dir} after epoch 1 of 3" in result.stdout
+    assert_same_log(log_of(tmp_path / run_dir), log_of(reference_dir))
+    np.testing.assert_array_equal(grid(tmp_path / run_dir, 3), grid(reference_dir, 3))
+    assert sorted(os.listdir(checkpoints)) == ["best.keras", "epoch_0002.keras", "epoch_0003.keras"]
+
+
+def test_resume_skips_a_truncated_checkpoint_and_retrains_that_epoch(reference, tiny_folder,
+                                                                      tmp_path, capsys):
+    reference_dir, _ = reference
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference_dir, run_dir)
+    with open(os.path.join(run_dir, "config.json"), "w") as file:
+        json.dump(cli_config(tiny_folder, run_dir), file)
+    newest = runs.checkpoint_path(run_dir, 3)
+    with open(newest, "r+b") as file:
+        file.truncate(os.path.getsize(newest) // 2)
+
+    point = runs.resume_point(run_dir)
+    assert point.epoch == 2 and [row["epoch"] for row in point.history] == [1, 2]
+    assert [path for path, _ in point.skipped] == [newest]
+    assert "epoch_0003.keras" in point.skipped[0][1] and "truncated" in point.skipped[0][1]
+
+    assert train.main(["--resume", run_dir]) == 0
+    assert "epoch_0003.keras' could not be loaded" in capsys.readouterr().err
+    assert_same_log(log_of(run_dir), log_of(reference_dir))
+    assert runs.load_checkpoint(newest) is not None
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "has completed 3 of --epochs 3; pass a larger --epochs"),
+    (["--learning-rate", "0.1", "--epochs", "5"], "drop --learning-rate"),
+    (["--run-dir", "elsewhere"], "drop --run-dir"),
+])
+def test_resume_refuses_what_would_not_continue_the_run(argv, message, reference, tiny_folder,
+                                                        capsys):
+    reference_dir, _ = reference
+    with open(os.path.join(reference_dir, "config.json"), "w") as file:
+        json.dump(cli_config(tiny_folder, reference_dir), file)
+    assert train.main(["--resume", reference_dir, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--resume"]) == 2
+    assert "no runs found under 'runs' to resume" in capsys.readouterr().err
+    os.makedirs(tmp_path / "runs" / "broken")
+    (tmp_path / "runs" / "broken" / "config.json").write_text("{")
+    assert train.main(["--resume"]) == 2
+    assert "cannot read run settings" in capsys.readouterr().err
+
+
+def test_signal_during_training_is_reported_as_interrupted(tmp_path, tiny_folder, monkeypatch,
+                                                           capsys):
+    """SIGTERM (a scheduler's kill) is handled like Ctrl-C."""
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(training, "train", killed)
+    run_dir = tmp_path / "run"
+    code = train.main(["--data-dir", str(tiny_folder), "--run-dir", str(run_dir), *CLI_SETTINGS])
+    assert code == 130
+    assert "interrupted: no epoch had completed" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
