@@ -31,6 +31,36 @@ def default_jit_compile():
     return False
 
 
+def as_fit_input(batches, initial_epoch=0, epochs=1):
+    """`ImageBatches` in the form this backend's `fit` consumes fastest (epochs [initial, epochs)).
+
+    On TensorFlow, Keras feeds a PyDataset through `tf.data.Dataset.from_generator`, which on 2 CPU
+    cores made training 3x slower than feeding arrays; a native tf.data pipeline that asks NumPy
+    only for each epoch's plan (order and flips) keeps the step fed with identical batches.
+    Pass `steps_per_epoch=len(batches)` to `fit` with it. Other backends take the PyDataset as is.
+    """
+    if BACKEND != "tensorflow":
+        return batches
+    import tensorflow as tf
+
+    images = tf.constant(batches.images)
+
+    def epoch_batches(epoch):
+        order, flips = tf.numpy_function(
+            lambda e: batches.plan(int(e)), [epoch], (tf.int64, tf.bool), stateful=False
+        )
+        slices = tf.data.Dataset.from_tensor_slices((tf.ensure_shape(order, [None]),
+                                                     tf.ensure_shape(flips, [None])))
+        return slices.batch(batches.batch_size, drop_remainder=True)
+
+    def gather(order, flips):
+        batch = tf.gather(images, order)
+        return tf.where(flips[:, None, None, None], tf.reverse(batch, axis=[2]), batch)
+
+    dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
+    return dataset.map(gather).prefetch(2)
+
+
 def compile_function(function, variables):
     """Compile `function(*tensors)`, which reads `variables`, into one graph on this backend.
 

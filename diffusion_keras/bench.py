@@ -78,8 +78,10 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
         (batch_size * (train_steps + warm_up_steps), image_size, image_size, 3), dtype=np.float32)
     model.normalizer.adapt(images[:batch_size])
     timer = StepTimer()
-    model.fit(ImageBatches(images, batch_size, seed=seed), epochs=1, verbose=0,
-              steps_per_epoch=train_steps + warm_up_steps, callbacks=[timer])
+    batches = ImageBatches(images, batch_size, seed=seed)
+    model.fit(backend.as_fit_input(batches), epochs=1, verbose=0, steps_per_epoch=len(batches),
+              shuffle=False,
+              callbacks=[timer])
     train_seconds = timer.seconds_per_step(skip=warm_up_steps - 1)
     sample_batch_size = sample_batch_size or batch_size
     noise = model.initial_noise(sample_batch_size, seed=seed)
@@ -87,6 +89,7 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
     def sample():
         model.generate(sample_batch_size, sample_steps, initial_noise=noise)
 
+    sample()  # the first runs after compiling are still slow on TensorFlow
     sample_seconds = timed(sample, 2)
     flops = forward_flops_per_image(model.network)
     train_images_per_second = batch_size / train_seconds

@@ -157,22 +157,31 @@ class ImageBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.set_epoch(epoch)
 
+    def plan(self, epoch):
+        """Image indices and flip flags of epoch `epoch`, batch after batch, from (seed, epoch).
+
+        Within a batch the indices are sorted (faster gathers; the order inside a batch is moot).
+        """
+        rng = np.random.default_rng((self.seed, epoch))
+        count = len(self) * self.batch_size
+        order = rng.permutation(len(self.images)) if self.shuffle else np.arange(len(self.images))
+        order = np.sort(order[:count].reshape(len(self), self.batch_size), axis=1).reshape(-1)
+        flips = rng.random(count) < 0.5 if self.flip else np.zeros(count, dtype=bool)
+        return order, flips
+
     def set_epoch(self, epoch):
         """Order the images as epoch `epoch` sees them (resuming a run starts mid-sequence)."""
         self.epoch = epoch
-        rng = np.random.default_rng((self.seed, epoch))
-        self.order = rng.permutation(len(self.images)) if self.shuffle else np.arange(
-            len(self.images))
+        self.order, self.flips = self.plan(epoch)
 
     def __len__(self):
         return len(self.images) // self.batch_size
 
     def __getitem__(self, index):
-        indices = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
-        batch = self.images[indices]
-        if self.flip:
-            flips = np.random.default_rng((self.seed, self.epoch, index)).random(len(batch)) < 0.5
-            batch[flips] = batch[flips, :, ::-1]
+        in_batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        batch = self.images[self.order[in_batch]]
+        flips = self.flips[in_batch]
+        batch[flips] = batch[flips, :, ::-1]
         return batch
 
     def on_epoch_end(self):

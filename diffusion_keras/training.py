@@ -64,9 +64,12 @@ def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_d
         model, initial_epoch, history, _ = resume_from
     validation = None
     if validation_images is not None:
-        validation = ImageBatches(validation_images, batch_size, flip=False, shuffle=False)
+        validation = backend.as_fit_input(
+            ImageBatches(validation_images, batch_size, flip=False, shuffle=False))
+    batches = ImageBatches(train_images, batch_size, flip=flip, seed=seed, epoch=initial_epoch)
     model.fit(
-        ImageBatches(train_images, batch_size, flip=flip, seed=seed, epoch=initial_epoch),
+        backend.as_fit_input(batches, initial_epoch, epochs),
+        steps_per_epoch=len(batches),
         epochs=epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
