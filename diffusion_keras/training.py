@@ -4,7 +4,13 @@ import keras
 import numpy as np
 
 from diffusion_keras import backend
-from diffusion_keras.callbacks import Checkpointer, ImageGenerator, MetricsLog
+from diffusion_keras.callbacks import (
+    Checkpointer,
+    ImageGenerator,
+    LossPlotter,
+    MetricsLog,
+    ProcessPlots,
+)
 from diffusion_keras.data import ImageBatches
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.unet import DEFAULT_WIDTHS
@@ -52,6 +58,8 @@ def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_d
             ImageGenerator(run_dir, every=plot_every, seed=seed),
             Checkpointer(run_dir, keep=keep_checkpoints),
             MetricsLog(run_dir),
+            LossPlotter(run_dir),
+            ProcessPlots(run_dir, train_images, seed=seed),
         ],
         verbose=verbose,
     )
