@@ -43,7 +43,7 @@ def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size
     if os.path.isfile(path):
         with np.load(path) as cached:
             statistics = metrics.FeatureStatistics(int(cached["count"]), cached["sums"],
-                                                   cached["outer_sums"])
+                                                   cached["outer_sums"], cached["covariance_root"])
             return statistics, cached["kid_features"], path, True
     images = load_real_images()
     if images.shape[-1] != key["channels"] or images.shape[1] != key["image_size"]:
@@ -60,7 +60,8 @@ def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size
     os.makedirs(cache_dir, exist_ok=True)
     with runs.atomic_write(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, count=statistics.count, sums=statistics.sums,
-                 outer_sums=statistics.outer_sums, kid_features=np.stack(kid_features),
+                 outer_sums=statistics.outer_sums, covariance_root=statistics.covariance_root,
+                 kid_features=np.stack(kid_features),
                  key=json.dumps(key))
     return statistics, np.stack(kid_features), path, False
 

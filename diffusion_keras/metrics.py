@@ -99,10 +99,11 @@ class KID(keras.metrics.Metric):
 class FeatureStatistics:
     """Running mean and covariance of features, accumulated batch by batch in float64."""
 
-    def __init__(self, count=0, sums=None, outer_sums=None):
+    def __init__(self, count=0, sums=None, outer_sums=None, covariance_root=None):
         self.count = count
         self.sums = sums
         self.outer_sums = outer_sums
+        self._covariance_root = covariance_root
 
     def update(self, features):
         features = np.asarray(features, dtype=np.float64)
@@ -112,6 +113,7 @@ class FeatureStatistics:
         self.count += len(features)
         self.sums += features.sum(axis=0)
         self.outer_sums += features.T @ features
+        self._covariance_root = None
         return self
 
     @property
@@ -123,6 +125,14 @@ class FeatureStatistics:
         """Unbiased sample covariance."""
         return (self.outer_sums - self.count * np.outer(self.mean, self.mean)) / (self.count - 1)
 
+    @property
+    def covariance_root(self):
+        """covariance^(1/2), kept: a 2048-wide eigendecomposition takes seconds, and a cached
+        reference needs it for every evaluation."""
+        if self._covariance_root is None:
+            self._covariance_root = _psd_sqrt(self.covariance)
+        return self._covariance_root
+
 
 def _psd_sqrt(matrix):
     """Square root of a symmetric positive semi-definite matrix by eigendecomposition."""
@@ -130,10 +140,11 @@ def _psd_sqrt(matrix):
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
-def frechet_distance(mean_1, covariance_1, mean_2, covariance_2):
+def frechet_distance(mean_1, covariance_1, mean_2, covariance_2, root_1=None):
     """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with tr (S1 S2)^(1/2) computed as
-    tr (S1^(1/2) S2 S1^(1/2))^(1/2): a symmetric PSD matrix, so `eigh` is exact (no scipy needed)."""
-    root_1 = _psd_sqrt(covariance_1)
+    tr (S1^(1/2) S2 S1^(1/2))^(1/2): a symmetric PSD matrix, so `eigh` is exact (no scipy needed).
+    `root_1` is S1^(1/2) when already known."""
+    root_1 = _psd_sqrt(covariance_1) if root_1 is None else root_1
     middle = root_1 @ covariance_2 @ root_1
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2.0)
     trace_root = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
@@ -143,6 +154,6 @@ def frechet_distance(mean_1, covariance_1, mean_2, covariance_2):
 
 
 def fid(statistics_1, statistics_2):
-    """FID between two `FeatureStatistics`."""
-    return frechet_distance(statistics_1.mean, statistics_1.covariance,
-                            statistics_2.mean, statistics_2.covariance)
+    """FID between two `FeatureStatistics` (put the one whose covariance root is cached first)."""
+    return frechet_distance(statistics_1.mean, statistics_1.covariance, statistics_2.mean,
+                            statistics_2.covariance, statistics_1.covariance_root)
