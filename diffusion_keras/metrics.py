@@ -70,7 +70,6 @@ def kernel_inception_distance(real_features, generated_features):
             - 2.0 * ops.mean(kernel(real_features, generated_features)))
 
 
-@keras.saving.register_keras_serializable(package="diffusion_keras")
 class KID(keras.metrics.Metric):
     """Kernel inception distance averaged over batches: `update_state(real_images, generated_images)`.
 
