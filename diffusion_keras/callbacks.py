@@ -10,7 +10,17 @@ import numpy as np
 
 from diffusion_keras import runs
 from diffusion_keras.errors import UsageError
-from diffusion_keras.plotting import display, save_image_grid
+from diffusion_keras.plotting import (
+    display,
+    plot_before_after,
+    plot_forward_process,
+    plot_losses,
+    plot_schedules,
+    save_image_grid,
+    save_reverse_process,
+)
+
+PLOTS_DIR = "plots"
 
 
 class ImageGenerator(keras.callbacks.Callback):
@@ -79,7 +89,8 @@ class Checkpointer(keras.callbacks.Callback):
 
 
 class MetricsLog(keras.callbacks.Callback):
-    """The per-epoch metrics as `log.csv` and `log.json` in the run folder, rewritten whole."""
+    """The per-epoch metrics as `log.csv` and `log.json` in the run folder, rewritten whole, and
+    drawn as `plots/losses.png` (shown inline too when run in a notebook)."""
 
     def __init__(self, run_dir, history=()):
         super().__init__()
@@ -99,6 +110,8 @@ class MetricsLog(keras.callbacks.Callback):
         with runs.atomic_write(os.path.join(self.run_dir, "log.csv")) as temporary:
             with open(temporary, "w") as file:
                 file.write(text.getvalue())
+        os.makedirs(os.path.join(self.run_dir, PLOTS_DIR), exist_ok=True)
+        plot_losses(self.rows, os.path.join(self.run_dir, PLOTS_DIR, "losses.png"))
 
 
 class EpochSeeds(keras.callbacks.Callback):
@@ -154,3 +167,38 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         values = ", ".join(f"{key}={float(np.mean(value))}" for key, value in bad.items())
         raise NonFiniteLoss(f"training diverged ({values}) at {where}; {kept}; start again with "
                             "a lower --learning-rate or with --clip-norm (e.g. 1.0)")
+
+
+class ProcessPlots(keras.callbacks.Callback):
+    """The pictures that explain a run, in `plots/`: at the start the schedules, the forward process
+    on a few training images and untrained samples; at the end the same noises after training and
+    the reverse process (GIF and x0 sequence). A resumed run (`resumed=True`) keeps the pictures
+    of its start and has no untrained samples to compare against."""
+
+    def __init__(self, run_dir, images, num_images=16, diffusion_steps=20, seed=0, resumed=False):
+        super().__init__()
+        self.folder = os.path.join(run_dir, PLOTS_DIR)
+        self.images = images[:4]
+        self.num_images = num_images
+        self.diffusion_steps = diffusion_steps
+        self.seed = seed
+        self.resumed = resumed
+        self.untrained = None
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.folder, exist_ok=True)
+        if self.resumed:
+            return
+        plot_schedules(os.path.join(self.folder, "schedules.png"))
+        plot_forward_process(self.images, self.model.diffusion_schedule, seed=self.seed,
+                             save_to=os.path.join(self.folder, "forward_process.png"))
+        self.untrained = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
+        save_image_grid(self.untrained, os.path.join(self.folder, "samples_untrained.png"))
+
+    def on_train_end(self, logs=None):
+        if self.untrained is not None:
+            trained = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
+            plot_before_after(self.untrained, trained,
+                              os.path.join(self.folder, "samples_untrained_vs_trained.png"))
+        save_reverse_process(self.model, self.folder, self.num_images, self.diffusion_steps,
+                             self.seed)

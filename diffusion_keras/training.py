@@ -9,6 +9,7 @@ from diffusion_keras.callbacks import (
     EpochSeeds,
     ImageGenerator,
     MetricsLog,
+    ProcessPlots,
     StopOnNonFiniteLoss,
 )
 from diffusion_keras.data import ImageBatches
@@ -80,6 +81,7 @@ def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_d
             ImageGenerator(run_dir, every=plot_every, seed=seed),
             MetricsLog(run_dir, history),
             Checkpointer(run_dir, keep=keep_checkpoints, history=history),
+            ProcessPlots(run_dir, train_images, seed=seed, resumed=resume_from is not None),
             *callbacks,
         ],
         verbose=verbose,

@@ -1,4 +1,4 @@
-"""python generate.py: sample an image grid (and an interpolation strip) from a checkpoint."""
+"""python generate.py: sample an image grid (and an interpolation strip and GIF) from a checkpoint."""
 
 import os
 import sys
@@ -14,7 +14,7 @@ def parser():
     p.add_argument("--steps", type=positive_int, default=20, help="DDIM sampling steps")
     p.add_argument("--num-images", type=positive_int, default=36, help="images in the grid")
     p.add_argument("--interpolate", action="store_true",
-                   help="also render a spherical interpolation between two noises")
+                   help="also render a spherical interpolation between two noises (strip and GIF)")
     p.add_argument("--frames", type=positive_int, default=8, help="images in the interpolation")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per sampler call")
@@ -33,7 +33,7 @@ def default_output(checkpoint):
 def generate_from_args(args):
     from diffusion_keras import runs
     from diffusion_keras.interpolation import interpolation_images
-    from diffusion_keras.plotting import save_image_grid, save_png
+    from diffusion_keras.plotting import image_grid, save_gif, save_image_grid, save_png
 
     checkpoint = args.checkpoint or runs.newest_checkpoint()
     model = runs.load_checkpoint(checkpoint)
@@ -52,6 +52,9 @@ def generate_from_args(args):
         frames = interpolation_images(model, args.frames, args.steps, args.seed)
         written.append(save_image_grid(frames, os.path.join(output, f"interpolation_{name}.png"),
                                        rows=1))
+        pictures = [image_grid(frame[None], padding=0) for frame in [*frames, *frames[-2:0:-1]]]
+        written.append(save_gif(pictures, os.path.join(output, f"interpolation_{name}.gif"),
+                                final_hold=120))
     runs.write_json(os.path.join(output, f"samples_{name}.json"), {
         "checkpoint": os.path.abspath(checkpoint), "sampler": "ddim", "steps": args.steps,
         "num_images": args.num_images, "seed": args.seed, "files": written,

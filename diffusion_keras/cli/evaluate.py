@@ -1,0 +1,58 @@
+"""python evaluate.py: KID and FID of a checkpoint's EMA samples against real images."""
+
+import sys
+
+from diffusion_keras.cli import Parser, positive_int, run
+from diffusion_keras.data import TFDS_DATASETS
+from diffusion_keras.metrics import INCEPTION_SIZE
+
+
+def parser():
+    p = Parser(description="Score a trained diffusion model with KID and FID (InceptionV3 features).")
+    p.add_argument("--checkpoint", help="a .keras checkpoint (default: the newest under runs/)")
+    p.add_argument("--num-images", type=positive_int, default=10000, help="images to generate")
+    p.add_argument("--steps", type=positive_int, default=20, help="DDIM sampling steps")
+    p.add_argument("--dataset", default="cifar10", choices=TFDS_DATASETS,
+                   help="tensorflow-datasets dataset of real images (ignored with --data-dir)")
+    p.add_argument("--split", default="train", choices=("train", "test"), help="tfds split")
+    p.add_argument("--data-dir", help="folder of real images instead of a tfds dataset")
+    p.add_argument("--limit", type=positive_int, help="use a seeded random N-image subset of the real images")
+    p.add_argument("--inception-weights", default="imagenet",
+                   help="'imagenet' (downloaded once), a local no-top .h5 file, or 'random' "
+                        "(mechanics only: numbers not comparable)")
+    p.add_argument("--inception-size", type=positive_int, default=INCEPTION_SIZE,
+                   help="InceptionV3 input size (images are resized to it; at least 75)")
+    p.add_argument("--kid-images", type=positive_int, default=1000, help="images per side for KID")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noises")
+    p.add_argument("--cache-dir", help="where reference statistics are cached "
+                                       "(default: ~/.cache/diffusion_keras/reference)")
+    return p
+
+
+def evaluate_from_args(args):
+    from diffusion_keras import runs
+    from diffusion_keras.evaluation import evaluate
+
+    weights = None if args.inception_weights == "random" else args.inception_weights
+    result = evaluate(
+        args.checkpoint or runs.newest_checkpoint(), args.num_images, args.steps, args.dataset,
+        args.split, args.data_dir, args.limit, weights, args.inception_size, args.kid_images,
+        args.batch_size, args.seed, args.cache_dir,
+    )
+    real = result.get("data_dir") or f"{result['dataset']} {result['split']} split"
+    reference = "reused from" if result["reference_reused"] else "cached in"
+    print(f"KID {result['kid']:.6g}  FID {result['fid']:.6g}  ({result['num_images']} images, "
+          f"{result['steps']} DDIM steps, EMA network, against {result['num_real_images']} real "
+          f"images of {real}; inception weights {result['inception_weights']})")
+    print(f"reference statistics {reference} {result['reference_cache']}")
+    print(f"wrote {result['path']}")
+    return 0
+
+
+def main(argv=None):
+    return run(evaluate_from_args, parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Evaluate a checkpoint: KID and FID of EMA samples against real images, with cached references.
+
+The real-image pass (load, extract, accumulate) is the slow half and never changes for a dataset, so
+its statistics are cached on disk under a key naming everything they depend on.
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from diffusion_keras import backend, metrics, runs
+from diffusion_keras.data import load_image_folder, load_tfds
+from diffusion_keras.errors import UsageError
+
+
+def default_cache_dir():
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "diffusion_keras", "reference")
+
+
+def extract_features(extractor, images, batch_size):
+    """Features of images (NumPy, [0, 1]) batch by batch."""
+    return np.concatenate([np.asarray(extractor.predict_on_batch(images[start:start + batch_size]))
+                           for start in range(0, len(images), batch_size)])
+
+
+def reference_key(source, image_size, channels, inception_weights, inception_size, limit,
+                  kid_images):
+    """Everything the real-image statistics depend on; random weights also depend on the backend."""
+    weights = inception_weights if inception_weights in ("imagenet", None) else os.path.abspath(
+        inception_weights)
+    return {"source": source, "image_size": image_size, "channels": channels,
+            "inception_weights": weights or f"random-{backend.BACKEND}",
+            "inception_size": inception_size, "limit": limit, "kid_images": kid_images}
+
+
+def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size, seed=0):
+    """(FeatureStatistics, KID features, cache path, reused) for the real images, cached as .npz."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"reference_{digest}.npz")
+    if os.path.isfile(path):
+        with np.load(path) as cached:
+            statistics = metrics.FeatureStatistics(int(cached["count"]), cached["sums"],
+                                                   cached["outer_sums"], cached["covariance_root"])
+            return statistics, cached["kid_features"], path, True
+    images = load_real_images()
+    if images.shape[-1] != key["channels"] or images.shape[1] != key["image_size"]:
+        raise UsageError(f"the real images have shape {images.shape[1:]} but the model makes "
+                         f"{(key['image_size'],) * 2 + (key['channels'],)}; evaluate against "
+                         "the dataset the model was trained on")
+    statistics = metrics.FeatureStatistics()
+    kid_indices = set(np.random.default_rng(seed).permutation(len(images))[:key["kid_images"]])
+    kid_features = []
+    for start in range(0, len(images), batch_size):
+        features = extract_features(extractor, images[start:start + batch_size], batch_size)
+        statistics.update(features)
+        kid_features += [row for index, row in enumerate(features, start) if index in kid_indices]
+    os.makedirs(cache_dir, exist_ok=True)
+    with runs.atomic_write(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, count=statistics.count, sums=statistics.sums,
+                 outer_sums=statistics.outer_sums, covariance_root=statistics.covariance_root,
+                 kid_features=np.stack(kid_features),
+                 key=json.dumps(key))
+    return statistics, np.stack(kid_features), path, False
+
+
+def result_path(checkpoint, num_images, diffusion_steps):
+    return f"{os.path.splitext(checkpoint)[0]}_evaluation_n{num_images}_steps{diffusion_steps}.json"
+
+
+def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10", split="train",
+             data_dir=None, limit=None, inception_weights="imagenet",
+             inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=256, seed=0,
+             cache_dir=None, extractor=None):
+    """KID and FID of `num_images` EMA samples (`diffusion_steps` DDIM steps) against real images.
+
+    Real images come from `data_dir` or the tfds `dataset` `split`. KID uses the first `kid_images`
+    samples and a seeded subset of as many real images. The result is also saved as JSON next to the
+    checkpoint; returns it as a dict.
+    """
+    if num_images < 2 or kid_images < 2:
+        raise UsageError(f"KID and FID need at least 2 images, got {min(num_images, kid_images)}")
+    model = runs.load_checkpoint(checkpoint)
+    if extractor is None:
+        extractor = metrics.inception_extractor(model.channels, inception_size, inception_weights)
+    source = ({"data_dir": os.path.abspath(data_dir)} if data_dir is not None
+              else {"dataset": dataset, "split": split})
+
+    def load_real_images():
+        if data_dir is not None:
+            return load_image_folder(data_dir, model.image_size, model.channels, limit, seed)
+        return load_tfds(dataset, model.image_size, split, limit, seed)
+
+    key = reference_key(source, model.image_size, model.channels, inception_weights, inception_size,
+                        limit, kid_images)
+    real, real_kid_features, cache_path, reused = reference_statistics(
+        load_real_images, key, extractor, cache_dir or default_cache_dir(), batch_size, seed)
+
+    generated = metrics.FeatureStatistics()
+    generated_kid_features = []
+    rng = np.random.default_rng(seed)
+    for start in range(0, num_images, batch_size):
+        count = min(batch_size, num_images - start)
+        noises = rng.standard_normal((count, *model.image_shape), dtype=np.float32)
+        images = model.generate(count, diffusion_steps, initial_noise=noises, batch_size=batch_size)
+        features = extract_features(extractor, images, batch_size)
+        generated.update(features)
+        generated_kid_features += list(features[:kid_images - len(generated_kid_features)])
+    kid_count = min(len(real_kid_features), len(generated_kid_features))
+    kid = metrics.kernel_inception_distance(real_kid_features[:kid_count],
+                                            np.stack(generated_kid_features[:kid_count]))
+    result = {
+        "checkpoint": os.path.abspath(checkpoint), "kid": float(np.asarray(kid)),
+        "fid": metrics.fid(real, generated), "num_images": num_images,
+        "steps": diffusion_steps, "sampler": "ddim", "network": "ema", **source,
+        "num_real_images": real.count, "kid_images": kid_count, "seed": seed,
+        "inception_weights": key["inception_weights"], "inception_size": inception_size,
+        "reference_cache": cache_path, "reference_reused": reused,
+    }
+    result["path"] = result_path(checkpoint, num_images, diffusion_steps)
+    runs.write_json(result["path"], result)
+    return result

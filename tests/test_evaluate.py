@@ -1,0 +1,69 @@
+"""evaluate.py end to end on a tiny trained checkpoint with randomly initialised InceptionV3."""
+
+import json
+import os
+
+import keras
+import pytest
+
+from diffusion_keras.cli import evaluate
+from tests.test_cli import assert_one_line_error, exit_code
+
+RANDOM_INCEPTION = ["--inception-weights", "random", "--inception-size", "75"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "checkpoints" / "epoch_0008.keras"
+    path.parent.mkdir()
+    trained_model.save(str(path))
+    return path
+
+
+def test_evaluate_reports_kid_fid_and_reuses_the_cached_reference(checkpoint, tiny_folder, tmp_path,
+                                                                  capsys):
+    argv = ["--checkpoint", str(checkpoint), "--num-images", "6", "--steps", "2", "--data-dir",
+            str(tiny_folder), "--kid-images", "4", "--batch-size", "4", "--cache-dir",
+            str(tmp_path / "cache"), *RANDOM_INCEPTION]
+    assert evaluate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "KID" in out and "FID" in out and "6 images, 2 DDIM steps, EMA network" in out
+    result_path = checkpoint.parent / "epoch_0008_evaluation_n6_steps2.json"
+    first = json.loads(result_path.read_text())
+    assert first["num_images"] == 6 and first["steps"] == 2 and first["num_real_images"] == 48
+    assert first["fid"] >= 0 and first["kid_images"] == 4 and not first["reference_reused"]
+    cache = first["reference_cache"]
+    written = os.path.getmtime(cache)
+
+    assert evaluate.main(argv) == 0
+    assert "reused from" in capsys.readouterr().out
+    second = json.loads(result_path.read_text())
+    assert second["reference_reused"] and second["reference_cache"] == cache
+    assert os.path.getmtime(cache) == written
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-4)
+    assert second["kid"] == pytest.approx(first["kid"], rel=1e-3, abs=1e-12)
+
+
+def test_missing_imagenet_weights_are_one_line_and_exit_2(checkpoint, tiny_folder, monkeypatch,
+                                                         capsys):
+    def offline(**kwargs):
+        raise Exception("URL fetch failure")
+
+    monkeypatch.setattr(keras.applications, "InceptionV3", offline)
+    argv = ["--checkpoint", str(checkpoint), "--num-images", "2", "--data-dir", str(tiny_folder)]
+    assert exit_code(evaluate.main, argv) == 2
+    assert_one_line_error(capsys, "could not be downloaded (Exception); pass --inception-weights PATH")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--inception-weights", "{missing}"], "does not exist"),
+    (["--inception-size", "32", "--inception-weights", "random"], "at least 75"),
+    (["--num-images", "0"], "--num-images: must be a positive integer"),
+    (["--split", "validation"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, checkpoint, tiny_folder, tmp_path, capsys):
+    argv = [arg.format(missing=tmp_path / "missing.h5") for arg in argv]
+    code = exit_code(evaluate.main, ["--checkpoint", str(checkpoint), "--data-dir", str(tiny_folder),
+                                     *argv])
+    assert code == 2
+    assert_one_line_error(capsys, message)
