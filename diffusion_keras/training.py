@@ -20,10 +20,13 @@ def split_images(images, validation_split, batch_size, seed):
 
 
 def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, schedule="offset_cosine",
-                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0):
-    """A compiled DiffusionModel with AdamW and this backend's best compile settings."""
+                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0, **model_options):
+    """A compiled DiffusionModel with AdamW and this backend's best compile settings.
+
+    `model_options`: any other DiffusionModel setting (formulation, prediction, U-Net options...)."""
     model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,
-                           block_depth=block_depth, schedule=schedule, ema=ema, seed=seed)
+                           block_depth=block_depth, schedule=schedule, ema=ema, seed=seed,
+                           **model_options)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
         jit_compile=backend.default_jit_compile(),
@@ -33,13 +36,14 @@ def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, sche
 
 def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_depth=2,
           schedule="offset_cosine", ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0,
-          flip=True, validation_split=0.05, plot_every=1, keep_checkpoints=3, verbose="auto"):
+          flip=True, validation_split=0.05, plot_every=1, keep_checkpoints=3, verbose="auto",
+          model_options=None):
     """Train on `images` (float32 NHWC in [0, 1]) and leave checkpoints, samples and a log in
     `run_dir`. Returns the trained model."""
     keras.utils.set_random_seed(seed)
     train_images, validation_images = split_images(images, validation_split, batch_size, seed)
     model = build_model(images.shape[1], images.shape[-1], widths, block_depth, schedule, ema,
-                        learning_rate, weight_decay, seed)
+                        learning_rate, weight_decay, seed, **(model_options or {}))
     model.normalizer.adapt(train_images)
     validation = None
     if validation_images is not None:
