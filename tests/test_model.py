@@ -137,8 +137,8 @@ def test_every_sampler_generates_images_from_a_trained_model(trained_model, samp
 
 def test_prediction_targets_share_the_denoiser_contract():
     """An untrained network outputs zeros; each target reads zeros its own way."""
-    noisy = np.ones((1, 16, 16, 3), "float32")
-    noise_rates, signal_rates = np.full((1, 1, 1, 1), 0.6, "float32"), np.full((1, 1, 1, 1), 0.8, "float32")
+    noisy = keras.ops.ones((1, 16, 16, 3))
+    noise_rates, signal_rates = keras.ops.full((1, 1, 1, 1), 0.6), keras.ops.full((1, 1, 1, 1), 0.8)
     expected = {"epsilon": (0.0, 1.25), "x0": (1 / 0.6, 0.0), "v": (0.6, 0.8)}
     for prediction, (noise, image) in expected.items():
         model = DiffusionModel(seed=0, prediction=prediction, **TINY)

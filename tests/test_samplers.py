@@ -80,8 +80,8 @@ def test_stochastic_samplers_are_seeded():
 
 def test_ddim_step_moves_to_the_requested_time():
     schedule = get_schedule("cosine")
-    noisy = initial_noise(count=8)
-    times = np.full((8, 1, 1, 1), 0.6, "float32")
+    noisy = ops.convert_to_tensor(initial_noise(count=8))
+    times = ops.convert_to_tensor(np.full((8, 1, 1, 1), 0.6, "float32"))
     next_noisy, pred_images = samplers.ddim_step(oracle_denoise, schedule, noisy, times, times - 0.2)
     next_noise_rates, next_signal_rates = schedule(times - 0.2)
     pred_noises, expected_images = oracle_denoise(noisy, *schedule(times))
