@@ -53,39 +53,86 @@ class SinusoidalEmbedding(layers.Layer):
         }
 
 
-def residual_block(width):
-    """Normalise, conv-swish, conv, plus a (1x1-projected when the width changes) skip."""
+NORMALIZATIONS = ("batch", "group")
+
+
+def normalization(kind, channels):
+    """Unscaled BatchNorm (keras-io) or GroupNorm with up to 32 groups (DDPM, Ho et al. 2020)."""
+    if kind == "group":
+        return layers.GroupNormalization(groups=math.gcd(32, channels), center=False, scale=False)
+    return layers.BatchNormalization(center=False, scale=False)
+
+
+def residual_block(width, norm="batch", embedding=None, dropout=0.0):
+    """Normalise, conv-swish, conv, plus a (1x1-projected when the width changes) skip.
+
+    With `embedding` (batch, 1, 1, dims), a projection of it is added after the first convolution,
+    as in DDPM's residual blocks; `dropout` sits before the second convolution.
+    """
 
     def apply(x):
         residual = x if x.shape[-1] == width else layers.Conv2D(width, 1)(x)
-        x = layers.BatchNormalization(center=False, scale=False)(x)
+        x = normalization(norm, x.shape[-1])(x)
         x = layers.Conv2D(width, 3, padding="same", activation="swish")(x)
+        if embedding is not None:
+            x = layers.Add()([x, layers.Dense(width)(embedding)])
+        if dropout:
+            x = layers.Dropout(dropout)(x)
         x = layers.Conv2D(width, 3, padding="same")(x)
         return layers.Add()([x, residual])
 
     return apply
 
 
-def down_block(width, block_depth):
-    """`block_depth` residual blocks, each output kept in `skips`, then 2x average pooling."""
+def attention_block(norm="batch", num_heads=4):
+    """Self-attention over all pixels plus a skip (DDPM at 16x16); the heads share the width."""
+
+    def apply(x):
+        _, height, width, channels = x.shape
+        tokens = layers.Reshape((height * width, channels))(normalization(norm, channels)(x))
+        heads = math.gcd(num_heads, channels)
+        attended = layers.MultiHeadAttention(heads, channels // heads)(tokens, tokens)
+        return layers.Add()([x, layers.Reshape((height, width, channels))(attended)])
+
+    return apply
+
+
+def unet_block(norm="batch", embedding=None, dropout=0.0, attention_resolutions=()):
+    """`block(width)`: a residual block, then self-attention where the resolution (the feature
+    map's side) is one of `attention_resolutions`."""
+
+    def block(width):
+        def apply(x):
+            x = residual_block(width, norm, embedding, dropout)(x)
+            return attention_block(norm)(x) if x.shape[1] in attention_resolutions else x
+
+        return apply
+
+    return block
+
+
+def down_block(width, block_depth, block=residual_block):
+    """`block_depth` residual (or any `block(width)`) blocks, each output kept in
+    `skips`, then 2x average pooling."""
 
     def apply(x, skips):
         for _ in range(block_depth):
-            x = residual_block(width)(x)
+            x = block(width)(x)
             skips.append(x)
         return layers.AveragePooling2D(pool_size=2)(x)
 
     return apply
 
 
-def up_block(width, block_depth):
-    """2x bilinear upsampling, then `block_depth` residual blocks each fed the matching skip."""
+def up_block(width, block_depth, block=residual_block):
+    """2x bilinear upsampling, then `block_depth` residual (or `block(width)`) blocks each fed the
+    matching skip."""
 
     def apply(x, skips):
         x = layers.UpSampling2D(size=2, interpolation="bilinear")(x)
         for _ in range(block_depth):
             x = layers.Concatenate()([x, skips.pop()])
-            x = residual_block(width)(x)
+            x = block(width)(x)
         return x
 
     return apply

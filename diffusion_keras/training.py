@@ -26,12 +26,16 @@ def split_images(images, validation_split, batch_size, seed):
     return images[np.sort(order[count:])], images[np.sort(order[:count])]
 
 
-def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, schedule="offset_cosine",
-                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0, clip_norm=None):
+def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, schedule=None,
+                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0, clip_norm=None,
+                **model_options):
     """A compiled DiffusionModel with AdamW (gradients clipped to global norm `clip_norm` when
-    given) and this backend's best compile settings."""
+    given) and this backend's best compile settings.
+
+    `model_options`: any other DiffusionModel setting (formulation, prediction, U-Net options...)."""
     model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,
-                           block_depth=block_depth, schedule=schedule, ema=ema, seed=seed)
+                           block_depth=block_depth, schedule=schedule, ema=ema, seed=seed,
+                           **model_options)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay,
                                          global_clipnorm=clip_norm),
@@ -41,9 +45,9 @@ def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, sche
 
 
 def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_depth=2,
-          schedule="offset_cosine", ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0,
+          schedule=None, ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0,
           flip=True, validation_split=0.05, plot_every=1, keep_checkpoints=3, verbose="auto",
-          clip_norm=None, resume_from=None, callbacks=()):
+          clip_norm=None, resume_from=None, callbacks=(), model_options=None):
     """Train on `images` (float32 NHWC in [0, 1]) and leave checkpoints, samples and a log in
     `run_dir`. Returns the trained model.
 
@@ -58,7 +62,8 @@ def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_d
     train_images, validation_images = split_images(images, validation_split, batch_size, seed)
     if resume_from is None:
         model = build_model(images.shape[1], images.shape[-1], widths, block_depth, schedule, ema,
-                            learning_rate, weight_decay, seed, clip_norm)
+                            learning_rate, weight_decay, seed, clip_norm,
+                            **(model_options or {}))
         model.normalizer.adapt(train_images)
         initial_epoch, history = 0, []
     else:

@@ -169,3 +169,38 @@ def test_train_leaves_the_plots_and_generate_the_interpolation_gif(trained_run, 
                           "--steps", "2", "--num-images", "2", "--interpolate", "--frames", "4",
                           "--output", str(tmp_path)]) == 0
     assert Image.open(tmp_path / "interpolation_seed0_steps2.gif").n_frames == 6  # there and back
+
+
+def test_generate_records_the_sampler_and_its_settings(trained_run, tmp_path):
+    checkpoint = str(trained_run / "checkpoints" / "epoch_0002.keras")
+    for argv in (["--sampler", "ddpm", "--variance", "beta"], ["--sampler", "heun"],
+                 ["--eta", "0.5", "--spacing", "quadratic"]):
+        assert generate.main(["--checkpoint", checkpoint, "--steps", "3", "--num-images", "2",
+                              "--output", str(tmp_path), *argv]) == 0
+    ddpm = json.loads((tmp_path / "samples_ddpm_seed0_steps3.json").read_text())
+    assert ddpm["sampler"] == "ddpm" and ddpm["variance"] == "beta"
+    heun = json.loads((tmp_path / "samples_heun_seed0_steps3.json").read_text())
+    assert heun["network_evaluations"] == 6
+    ddim = json.loads((tmp_path / "samples_seed0_steps3.json").read_text())
+    assert ddim["eta"] == 0.5 and ddim["spacing"] == "quadratic"
+
+
+def test_generate_rejects_eta_for_other_samplers(trained_run, capsys):
+    checkpoint = str(trained_run / "checkpoints" / "epoch_0002.keras")
+    assert exit_code(generate.main, ["--checkpoint", checkpoint, "--sampler", "ddpm",
+                                     "--eta", "1"]) == 2
+    assert_one_line_error(capsys, "--eta is a DDIM setting")
+
+
+def test_train_with_the_ddpm_formulation_and_its_architecture(tiny_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    code = train.main(["--data-dir", str(tiny_folder), "--epochs", "1", "--run-dir", str(run_dir),
+                       "--validation-split", "0", "--formulation", "ddpm", "--timesteps", "100",
+                       "--prediction", "v", "--loss", "mse", "--attention-resolutions", "8",
+                       "--norm", "group", "--embedding", "every", "--dropout", "0.1", *TINY_ARGS])
+    assert code == 0
+    from diffusion_keras.runs import load_checkpoint
+    config = load_checkpoint(str(run_dir / "checkpoints" / "epoch_0001.keras")).get_config()
+    assert config["formulation"] == "ddpm" and config["timesteps"] == 100
+    assert config["schedule"] == "linear" and config["prediction"] == "v"
+    assert config["attention_resolutions"] == [8] and config["norm"] == "group"

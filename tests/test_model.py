@@ -96,3 +96,71 @@ def test_bad_settings_are_rejected_with_the_value(kwargs, message):
 def test_non_positive_steps_are_rejected(trained_model):
     with pytest.raises(UsageError, match="positive"):
         trained_model.generate(2, diffusion_steps=0)
+
+
+DDPM_TINY = {**TINY, "formulation": "ddpm", "timesteps": 50, "prediction": "v",
+             "loss_function": "mse", "loss_target": "x0", "attention_resolutions": (8,),
+             "norm": "group", "embedding": "every", "dropout": 0.1}
+
+
+def test_ddpm_formulation_trains_on_integer_timesteps_and_round_trips(tiny_images, tmp_path):
+    model = DiffusionModel(seed=0, **DDPM_TINY)
+    assert model.get_config()["schedule"] == "linear"
+    times = keras.ops.convert_to_numpy(model.training_times(256)).ravel() * 50
+    np.testing.assert_allclose(times, np.round(times), atol=1e-4)
+    assert times.min() >= 1 and times.max() <= 50 and len(np.unique(np.round(times))) > 40
+    model.normalizer.adapt(tiny_images)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    logs = model.train_on_batch(tiny_images[:8], return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["loss"] != logs["noise_loss"]
+    path = str(tmp_path / "ddpm.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    for sampler, options in [("ddpm", {"variance": "beta"}), ("dpmpp2m", {})]:
+        np.testing.assert_allclose(loaded.generate(2, 4, seed=1, sampler=sampler, **options),
+                                   model.generate(2, 4, seed=1, sampler=sampler, **options),
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler, options", [
+    ("ddim", {"eta": 0.5}), ("ddim", {"spacing": "quadratic"}), ("ddpm", {}), ("dpmpp2m", {}),
+    ("heun", {}),
+])
+def test_every_sampler_generates_images_from_a_trained_model(trained_model, sampler, options):
+    images = trained_model.generate(3, 4, seed=2, sampler=sampler, **options)
+    again = trained_model.generate(3, 4, seed=2, sampler=sampler, **options)
+    assert images.shape == (3, 16, 16, 3) and np.isfinite(images).all()
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    np.testing.assert_array_equal(images, again)
+
+
+def test_prediction_targets_share_the_denoiser_contract():
+    """An untrained network outputs zeros; each target reads zeros its own way."""
+    noisy = keras.ops.ones((1, 16, 16, 3))
+    noise_rates, signal_rates = keras.ops.full((1, 1, 1, 1), 0.6), keras.ops.full((1, 1, 1, 1), 0.8)
+    expected = {"epsilon": (0.0, 1.25), "x0": (1 / 0.6, 0.0), "v": (0.6, 0.8)}
+    for prediction, (noise, image) in expected.items():
+        model = DiffusionModel(seed=0, prediction=prediction, **TINY)
+        pred_noises, pred_images = model.denoise(noisy, noise_rates, signal_rates)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_noises), noise, rtol=1e-5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(pred_images), image, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"formulation": "score"}, "formulation"),
+    ({"timesteps": 0}, "timesteps"),
+    ({"prediction": "score"}, "prediction target"),
+    ({"loss_function": "huber"}, "loss function"),
+    ({"loss_target": "score"}, "loss target"),
+])
+def test_bad_formulation_settings_are_rejected_with_the_value(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        DiffusionModel(**{**TINY, **kwargs})
+
+
+def test_bad_sampler_settings_are_rejected_before_compiling(trained_model):
+    with pytest.raises(UsageError, match="eta"):
+        trained_model.generate(2, 3, sampler="ddim", eta=1.5)
+    with pytest.raises(UsageError, match="spacing"):
+        trained_model.generate(2, 3, spacing="cubic")

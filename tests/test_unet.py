@@ -33,3 +33,40 @@ def test_embedding_layer_config_round_trips():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(values)),
                                keras.ops.convert_to_numpy(clone(values)))
     assert clone(values).shape == (6, 16)
+
+
+def test_default_options_build_the_keras_io_network():
+    plain = build_unet(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8)
+    explicit = build_unet(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8,
+                          attention_resolutions=(), norm="batch", embedding="input", dropout=0.0)
+    assert [w.shape for w in plain.weights] == [w.shape for w in explicit.weights]
+    kinds = {layer.__class__.__name__ for layer in plain.layers}
+    assert "BatchNormalization" in kinds and "MultiHeadAttention" not in kinds
+
+
+def test_ddpm_style_options_build_attention_groupnorm_and_per_block_embedding():
+    network = build_unet(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8,
+                         attention_resolutions=(8,), norm="group", embedding="every", dropout=0.1)
+    kinds = [layer.__class__.__name__ for layer in network.layers]
+    assert "MultiHeadAttention" in kinds and "GroupNormalization" in kinds
+    assert "BatchNormalization" not in kinds and "Dropout" in kinds
+    # attention only at the 8x8 level: the down block's is at 16x16, so none there
+    attention_inputs = [layer.input[0].shape for layer in network.layers
+                        if layer.__class__.__name__ == "MultiHeadAttention"]
+    assert attention_inputs and all(shape[1] == 64 for shape in attention_inputs)
+    images = np.random.rand(2, 16, 16, 3).astype("float32")
+    low, high = (np.full((2, 1, 1, 1), value, "float32") for value in (0.1, 0.9))
+    # The last convolution starts at zero, so set it to see the embedding reach the output.
+    network.layers[-1].kernel.assign(np.ones(network.layers[-1].kernel.shape, "float32"))
+    assert not np.allclose(keras.ops.convert_to_numpy(network([images, low])),
+                           keras.ops.convert_to_numpy(network([images, high])))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"norm": "layer"}, "normalization"),
+    ({"embedding": "output"}, "embedding injection"),
+    ({"dropout": 1.0}, "dropout"),
+])
+def test_bad_unet_options_are_rejected_with_the_value(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        build_unet(16, 3, widths=(8, 16), block_depth=1, **kwargs)

@@ -4,6 +4,8 @@ import os
 import sys
 
 from diffusion_keras.cli import Parser, positive_int, run
+from diffusion_keras.errors import UsageError
+from diffusion_keras.samplers import SAMPLERS, SPACINGS, VARIANCES, network_evaluations
 
 
 def parser():
@@ -11,7 +13,15 @@ def parser():
         description="Generate images with a trained diffusion model.",
     )
     p.add_argument("--checkpoint", help="a .keras checkpoint (default: the newest under runs/)")
-    p.add_argument("--steps", type=positive_int, default=20, help="DDIM sampling steps")
+    p.add_argument("--steps", type=positive_int, default=20, help="sampling steps")
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS),
+                   help="ddim, ddpm (ancestral), dpmpp2m (DPM-Solver++(2M)) or heun (2 calls a step)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM noise: 0 deterministic, 1 like ancestral sampling")
+    p.add_argument("--variance", default="posterior", choices=VARIANCES,
+                   help="DDPM sigma^2: the posterior variance or beta_t")
+    p.add_argument("--spacing", default="uniform", choices=SPACINGS,
+                   help="timestep spacing: uniform in time, or quadratic (denser near the image)")
     p.add_argument("--num-images", type=positive_int, default=36, help="images in the grid")
     p.add_argument("--interpolate", action="store_true",
                    help="also render a spherical interpolation between two noises (strip and GIF)")
@@ -30,6 +40,14 @@ def default_output(checkpoint):
     return os.path.join(folder, "generated")
 
 
+def sampler_options(args):
+    """The options the chosen sampler takes (eta for DDIM, variance for DDPM)."""
+    if args.eta and args.sampler != "ddim":
+        raise UsageError(f"--eta is a DDIM setting; drop it or use --sampler ddim (got --sampler "
+                         f"{args.sampler})")
+    return {"ddim": {"eta": args.eta}, "ddpm": {"variance": args.variance}}.get(args.sampler, {})
+
+
 def generate_from_args(args):
     from diffusion_keras import runs
     from diffusion_keras.interpolation import interpolation_images
@@ -40,9 +58,13 @@ def generate_from_args(args):
     output = args.output or default_output(checkpoint)
     os.makedirs(output, exist_ok=True)
     name = f"seed{args.seed}_steps{args.steps}"
+    if args.sampler != "ddim":
+        name = f"{args.sampler}_{name}"
+    options = sampler_options(args)
 
     images = model.generate(args.num_images, args.steps, seed=args.seed,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, sampler=args.sampler,
+                            spacing=args.spacing, **options)
     written = [save_image_grid(images, os.path.join(output, f"samples_{name}.png"))]
     if args.individual:
         for index, image in enumerate(images):
@@ -56,7 +78,9 @@ def generate_from_args(args):
         written.append(save_gif(pictures, os.path.join(output, f"interpolation_{name}.gif"),
                                 final_hold=120))
     runs.write_json(os.path.join(output, f"samples_{name}.json"), {
-        "checkpoint": os.path.abspath(checkpoint), "sampler": "ddim", "steps": args.steps,
+        "checkpoint": os.path.abspath(checkpoint), "sampler": args.sampler, "steps": args.steps,
+        "spacing": args.spacing, **options,
+        "network_evaluations": network_evaluations(args.sampler, args.steps),
         "num_images": args.num_images, "seed": args.seed, "files": written,
     })
     for path in written:

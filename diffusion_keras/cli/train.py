@@ -8,8 +8,11 @@ import sys
 from diffusion_keras.cli import Parser, int_list, positive_int, run
 from diffusion_keras.data import TFDS_DATASETS, load_images
 from diffusion_keras.errors import UsageError
+from diffusion_keras.layers import NORMALIZATIONS
+from diffusion_keras.model import FORMULATIONS, LOSSES
 from diffusion_keras.schedules import SCHEDULES
-from diffusion_keras.unet import DEFAULT_WIDTHS, check_image_size
+from diffusion_keras.targets import TARGETS
+from diffusion_keras.unet import DEFAULT_WIDTHS, EMBEDDINGS, check_image_size
 
 RESUME_CHANGEABLE = ("resume", "epochs", "plot_every", "keep_checkpoints")
 
@@ -33,8 +36,24 @@ def parser():
                       help="U-Net channel widths per resolution, comma-separated")
     arch.add_argument("--block-depth", type=positive_int, default=2,
                       help="residual blocks per resolution")
-    arch.add_argument("--schedule", default="offset_cosine", choices=sorted(SCHEDULES),
-                      help="diffusion schedule")
+    arch.add_argument("--schedule", choices=sorted(SCHEDULES),
+                      help="diffusion schedule (default: offset_cosine; linear with --formulation ddpm)")
+    arch.add_argument("--formulation", default="continuous", choices=FORMULATIONS,
+                      help="continuous times in [0, 1] (DDIM) or integer timesteps (DDPM)")
+    arch.add_argument("--timesteps", type=positive_int, default=1000,
+                      help="DDPM discrete timesteps T (with --formulation ddpm)")
+    arch.add_argument("--prediction", default="epsilon", choices=TARGETS,
+                      help="what the network predicts: noise, clean image or velocity")
+    arch.add_argument("--loss", default="mae", choices=LOSSES, help="training loss")
+    arch.add_argument("--loss-target", default="epsilon", choices=TARGETS,
+                      help="the space the loss is measured in")
+    arch.add_argument("--attention-resolutions", type=int_list, default=[],
+                      help="feature-map sides with self-attention, comma-separated (e.g. 16)")
+    arch.add_argument("--norm", default="batch", choices=NORMALIZATIONS,
+                      help="normalisation in the residual blocks")
+    arch.add_argument("--embedding", default="input", choices=EMBEDDINGS,
+                      help="noise embedding joins at the input or in every residual block")
+    arch.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=positive_int, default=50, help="training epochs")
     opt.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
@@ -55,6 +74,15 @@ def parser():
                           "run under runs/ without RUN_DIR), with its saved settings; only --epochs, "
                           "--plot-every and --keep-checkpoints may change")
     return p
+
+
+def model_options(args):
+    """The DiffusionModel settings beyond the basic architecture (formulation, target, U-Net)."""
+    return {"formulation": args.formulation, "timesteps": args.timesteps,
+            "prediction": args.prediction, "loss_function": args.loss,
+            "loss_target": args.loss_target, "attention_resolutions": args.attention_resolutions,
+            "norm": args.norm, "embedding": args.embedding, "dropout": args.dropout}
+
 
 
 def resumed_args(args, argv):
@@ -123,6 +151,7 @@ def fit_run(args, run_dir, resume_from):
         args.validation_split, args.plot_every, args.keep_checkpoints,
         verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
         clip_norm=args.clip_norm, resume_from=resume_from,
+        model_options=model_options(args),
     )
 
 
