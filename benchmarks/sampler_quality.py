@@ -1,18 +1,19 @@
 """Sample quality against network evaluations (NFE) for every sampler, from one checkpoint.
 
     python benchmarks/sampler_quality.py --checkpoint runs/X/checkpoints/best.keras \
-        --real-dir /tmp/cifar/test --metric diffusion_keras.metrics:kid --num-images 2000
+        --real-dir /tmp/cifar/test --num-images 2000 [--inception-weights random]
 
-`--metric MODULE:FUNCTION` names `function(real_images, generated_images) -> float or dict of
-floats`, both float32 NHWC in [0, 1] (e.g. the KID/FID of the evaluation module). Writes a JSON and
-a Markdown table (rows: sampler, columns: NFE) next to the checkpoint, or to --output.
-Not a test: it needs a trained model and a lot of compute (1000 NFE x num_images).
+Every cell is the KID and FID of `--num-images` samples (all from the same initial noise) against as
+many real images, whose InceptionV3 features are extracted once. Writes a JSON and a Markdown table
+(rows: sampler, columns: NFE) next to the checkpoint, or to --output. Not a test: it needs a trained
+model and a lot of compute (1000 NFE x num_images).
 """
 
 import argparse
-import importlib
 import os
 import sys
+
+import numpy as np
 
 DEFAULT_NFES = (5, 10, 20, 50, 100, 1000)
 SETTINGS = {  # name in the table -> (sampler, options)
@@ -28,7 +29,9 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--real-dir", required=True, help="folder of reference images")
-    p.add_argument("--metric", required=True, help="MODULE:FUNCTION(real, generated)")
+    p.add_argument("--inception-weights", default="imagenet",
+                   help="'imagenet', a local no-top .h5 file, or 'random' (ranks only)")
+    p.add_argument("--inception-size", type=int, default=299, help="InceptionV3 input size (>= 75)")
     p.add_argument("--num-images", type=int, default=2000)
     p.add_argument("--nfe", default=",".join(map(str, DEFAULT_NFES)))
     p.add_argument("--samplers", default=",".join(SETTINGS))
@@ -37,11 +40,6 @@ def parser():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--output", help="output prefix (default: <checkpoint folder>/sampler_quality)")
     return p
-
-
-def load_metric(text):
-    module, _, function = text.partition(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def markdown_table(results, nfes):
@@ -58,12 +56,17 @@ def markdown_table(results, nfes):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from diffusion_keras import runs, samplers
+    from diffusion_keras import metrics, runs, samplers
     from diffusion_keras.data import load_image_folder
+    from diffusion_keras.evaluation import extract_features
 
     model = runs.load_checkpoint(args.checkpoint)
-    metric = load_metric(args.metric)
-    real = load_image_folder(args.real_dir, model.image_size)[:args.num_images]
+    weights = None if args.inception_weights == "random" else args.inception_weights
+    extractor = metrics.inception_extractor(model.channels, args.inception_size, weights, args.seed)
+    real = load_image_folder(args.real_dir, model.image_size)
+    real = real[np.random.default_rng(args.seed).permutation(len(real))[:args.num_images]]
+    real_features = extract_features(extractor, real, args.batch_size)
+    real_statistics = metrics.FeatureStatistics().update(real_features)
     noise = model.initial_noise(args.num_images, seed=args.seed)
     nfes = [int(value) for value in args.nfe.split(",")]
     results = {}
@@ -75,14 +78,17 @@ def main(argv=None):
             images = model.generate(args.num_images, steps, initial_noise=noise, seed=args.seed,
                                     batch_size=args.batch_size, sampler=sampler,
                                     spacing=args.spacing, **options)
-            value = metric(real, images)
-            results[name][str(nfe)] = ({k: float(v) for k, v in value.items()}
-                                       if isinstance(value, dict) else float(value))
+            features = extract_features(extractor, images, args.batch_size)
+            results[name][str(nfe)] = {
+                "kid": float(metrics.kernel_inception_distance(real_features, features)),
+                "fid": metrics.fid(real_statistics, metrics.FeatureStatistics().update(features))}
             print(name, nfe, results[name][str(nfe)], flush=True)
     prefix = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                          "sampler_quality")
     runs.write_json(prefix + ".json", {"checkpoint": os.path.abspath(args.checkpoint),
                                        "num_images": args.num_images, "spacing": args.spacing,
+                                       "inception_weights": args.inception_weights,
+                                       "inception_size": args.inception_size,
                                        "results": results})
     with runs.atomic_write(prefix + ".md") as temporary, open(temporary, "w") as file:
         file.write(markdown_table(results, nfes))

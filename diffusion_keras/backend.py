@@ -1,5 +1,7 @@
 """The one module that asks which Keras backend is running, and compiles for it."""
 
+import contextlib
+
 import keras
 
 BACKEND = keras.backend.backend()
@@ -58,7 +60,9 @@ def as_fit_input(batches, initial_epoch=0, epochs=1):
         return tf.where(flips[:, None, None, None], tf.reverse(batch, axis=[2]), batch)
 
     dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
-    return dataset.map(gather).prefetch(2)
+    # a known length lets Keras end each validation pass without an "ran out of data" warning
+    length = tf.data.experimental.assert_cardinality((epochs - initial_epoch) * len(batches))
+    return dataset.apply(length).map(gather).prefetch(2)
 
 
 def compile_function(function, variables):
@@ -108,6 +112,17 @@ def default_dtype_policy():
     if BACKEND == "tensorflow" and cpu_has_bfloat16():
         return "mixed_bfloat16"
     return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Build layers under `policy` (e.g. "mixed_bfloat16") and restore the global default after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def device_name():

@@ -71,9 +71,8 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
             precision="float32", train_steps=20, sample_steps=20, sample_batch_size=None, seed=0):
     """Throughput of one configuration on the running backend, as a dict."""
     warm_up_steps = 2  # the first step compiles; the second may still settle
-    keras.config.set_dtype_policy(precision)
     keras.utils.set_random_seed(seed)
-    model = build_model(image_size, 3, widths, block_depth, seed=seed)
+    model = build_model(image_size, 3, widths, block_depth, seed=seed, precision=precision)
     images = np.random.default_rng(seed).random(
         (batch_size * (train_steps + warm_up_steps), image_size, image_size, 3), dtype=np.float32)
     model.normalizer.adapt(images[:batch_size])

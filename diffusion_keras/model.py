@@ -81,8 +81,9 @@ class DiffusionModel(keras.Model):
                         "embedding": embedding, "dropout": dropout}
         self.normalizer = layers.Normalization(axis=-1, dtype="float32")  # exact in mixed precision
         self.normalizer.build((None, image_size, image_size, channels))
-        self.network = build_unet(*unet_args, name="network", **unet_options)
-        self.ema_network = build_unet(*unet_args, name="ema_network", **unet_options)
+        with backend.dtype_policy(self.dtype_policy):  # e.g. mixed_bfloat16, saved in the config
+            self.network = build_unet(*unet_args, name="network", **unet_options)
+            self.ema_network = build_unet(*unet_args, name="ema_network", **unet_options)
         self.ema_network.set_weights(self.network.get_weights())
         self.ema_network.trainable = False
         self.seed_generator = keras.random.SeedGenerator(seed)

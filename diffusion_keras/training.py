@@ -28,17 +28,21 @@ def split_images(images, validation_split, batch_size, seed):
 
 def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, schedule=None,
                 ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0, clip_norm=None,
-                **model_options):
+                precision=None, accumulate_steps=1, **model_options):
     """A compiled DiffusionModel with AdamW (gradients clipped to global norm `clip_norm` when
     given) and this backend's best compile settings.
 
-    `model_options`: any other DiffusionModel setting (formulation, prediction, U-Net options...)."""
+    `precision` is a Keras dtype policy (default: the fastest measured for this backend and
+    machine); `accumulate_steps` > 1 averages gradients over that many batches before each update,
+    so a small device trains with a large effective batch. `model_options`: any other
+    DiffusionModel setting (formulation, prediction, U-Net options...)."""
     model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,
                            block_depth=block_depth, schedule=schedule, ema=ema, seed=seed,
-                           **model_options)
+                           dtype=precision or backend.default_dtype_policy(), **model_options)
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay,
-                                         global_clipnorm=clip_norm),
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, global_clipnorm=clip_norm,
+            gradient_accumulation_steps=accumulate_steps if accumulate_steps > 1 else None),
         jit_compile=backend.default_jit_compile(),
     )
     return model

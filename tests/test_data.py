@@ -101,3 +101,19 @@ def test_batches_are_reproducible_per_epoch_and_flip():
 def test_fewer_images_than_a_batch_is_an_error():
     with pytest.raises(UsageError, match="smaller --batch-size"):
         ImageBatches(np.zeros((3, 2, 2, 1), "float32"), 8)
+
+
+def test_validation_through_the_fit_input_averages_every_batch(recwarn):
+    """An untrained network predicts zero noise, so the validation noise MAE is E|N(0, 1)| = 0.798."""
+    from diffusion_keras import backend
+    from diffusion_keras.training import build_model
+
+    images = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
+    model = build_model(16, 3, widths=(8, 16), block_depth=1, learning_rate=0.0)
+    model.normalizer.adapt(images)
+    validation = backend.as_fit_input(ImageBatches(images, 8, flip=False, shuffle=False))
+    for _ in range(2):  # the second pass reuses Keras' validation iterator
+        history = model.fit(backend.as_fit_input(ImageBatches(images, 8)), steps_per_epoch=4,
+                            validation_data=validation, verbose=0)
+        assert history.history["val_noise_loss"][0] == pytest.approx(0.798, abs=0.03)
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]

@@ -164,3 +164,23 @@ def test_bad_sampler_settings_are_rejected_before_compiling(trained_model):
         trained_model.generate(2, 3, sampler="ddim", eta=1.5)
     with pytest.raises(UsageError, match="spacing"):
         trained_model.generate(2, 3, spacing="cubic")
+
+
+def test_mixed_precision_trains_samples_and_round_trips(tiny_images, tmp_path):
+    from diffusion_keras.training import build_model
+
+    model = build_model(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8,
+                        precision="mixed_bfloat16", accumulate_steps=2)
+    assert keras.config.dtype_policy().name == "float32", "the global policy is left alone"
+    assert model.network.layers[-1].dtype_policy.name == "float32"  # the output stays float32
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in model.network.layers)
+    assert model.optimizer.gradient_accumulation_steps == 2
+    model.normalizer.adapt(tiny_images)
+    model.train_on_batch(tiny_images[:8])
+    samples = model.generate(2, 3, seed=0)
+    assert np.all(np.isfinite(samples))
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in loaded.network.layers)
+    np.testing.assert_allclose(loaded.generate(2, 3, seed=0), samples, atol=1e-6)

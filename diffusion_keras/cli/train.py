@@ -62,6 +62,10 @@ def parser():
     opt.add_argument("--ema", type=float, default=0.999, help="EMA momentum of the sampling network")
     opt.add_argument("--clip-norm", type=float,
                      help="clip gradients to this global norm (e.g. 1.0) if the loss diverges")
+    opt.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                     help="Keras dtype policy (default: the fastest measured here; see BENCHMARKS.md)")
+    opt.add_argument("--accumulate-steps", type=positive_int, default=1,
+                     help="average gradients over N batches per update (large batches, less memory)")
     out = p.add_argument_group("output")
     out.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
     out.add_argument("--plot-every", type=positive_int, default=1,
@@ -77,11 +81,12 @@ def parser():
 
 
 def model_options(args):
-    """The DiffusionModel settings beyond the basic architecture (formulation, target, U-Net)."""
+    """The settings beyond the basic architecture (formulation, target, U-Net, precision)."""
     return {"formulation": args.formulation, "timesteps": args.timesteps,
             "prediction": args.prediction, "loss_function": args.loss,
             "loss_target": args.loss_target, "attention_resolutions": args.attention_resolutions,
-            "norm": args.norm, "embedding": args.embedding, "dropout": args.dropout}
+            "norm": args.norm, "embedding": args.embedding, "dropout": args.dropout,
+            "precision": args.precision, "accumulate_steps": args.accumulate_steps}
 
 
 
