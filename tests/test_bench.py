@@ -28,3 +28,18 @@ def test_flop_count_matches_a_hand_count():
             + 16 * 8 * 4 + 16 * 9 * 4 * 8 + 16 * 9 * 8 * 8
             + 64 * 4 * 12 + 64 * 9 * 12 * 4 + 64 * 9 * 4 * 4 + 64 * 3 * 4)
     assert bench.forward_flops_per_image(network) == 2 * macs
+
+
+def test_compare_reference_times_it_before_and_after_and_prints_ratios(tmp_path, capsys):
+    reference = tmp_path / "reference.py"
+    reference.write_text("print('ref_params=10\\nref_sample_img_s=2.0\\nref_train_img_s=4.0')\n")
+    assert bench.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
+                       "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
+                       "--precision", "float32", "--compare-reference",
+                       "--reference", str(reference)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0])["reference_after"]["ref_train_img_s"] == 4.0
+    row = json.loads(lines[1])
+    assert row["train_vs_reference"] == round(row["train_img_s"] / 4.0, 2)
+    assert row["sample_vs_reference"] == round(row["sample_img_s"] / 2.0, 2)
+    assert lines[-1].startswith("speed-up over the reference: training ")
