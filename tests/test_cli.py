@@ -57,6 +57,21 @@ def test_generate_defaults_to_the_newest_checkpoint_under_runs(trained_run, tmp_
     assert os.path.exists(trained_run / "generated" / "samples_seed0_steps2.png")
 
 
+def test_ctrl_c_while_generating_is_one_line_and_leaves_no_file(trained_run, tmp_path,
+                                                                monkeypatch, capsys):
+    from diffusion_keras import runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "load_checkpoint", interrupted)
+    code = generate.main(["--checkpoint", str(trained_run / "checkpoints" / "best.keras"),
+                          "--output", str(tmp_path / "out")])
+    assert code == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted")
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
 def exit_code(main, argv):
     """What the process would exit with: main's return value or argparse's SystemExit code."""
     try:

@@ -40,10 +40,14 @@ def int_list(text):
 
 
 def run(main_body, args):
-    """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2."""
+    """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2, a Ctrl-C
+    (outside training, which handles its own) one line and exit code 130, not a traceback."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
         return main_body(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; files are written whole or not at all", file=sys.stderr)
+        return 130
