@@ -107,11 +107,15 @@ def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(referen
     np.testing.assert_array_equal(grid(run_dir, 3), grid(reference_dir, 3))
 
 
-# The child sends itself a real SIGINT in the middle of epoch 2 (before its second step).
+# The child sends itself a real SIGINT in the middle of epoch 2 (before its second step). It first
+# restores Python's Ctrl-C handler: a test run started in the background by a non-interactive shell
+# (as CI may do) inherits SIGINT ignored, and then the signal would never arrive.
 INTERRUPT_MID_EPOCH_2 = """
 import os, signal, sys
 from diffusion_keras import callbacks
 from diffusion_keras.cli.train import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 check = callbacks.StopOnNonFiniteLoss.on_train_batch_end
 def interrupting(self, batch, logs=None):
