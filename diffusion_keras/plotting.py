@@ -163,13 +163,12 @@ def reverse_process(model, num_images=16, diffusion_steps=20, seed=0):
     from diffusion_keras.samplers import ddim_step
 
     noisy_images = model.initial_noise(num_images, seed=seed)
-    step_size = 1.0 / diffusion_steps
+    times = model.sampling_times(diffusion_steps)  # the grid `generate` uses (DDPM: integer steps)
+    ones = ops.ones((num_images, 1, 1, 1))
     noisy_frames, pred_frames = [], []
-    for step in range(diffusion_steps):
-        diffusion_times = ops.ones((num_images, 1, 1, 1)) * (1.0 - step * step_size)
+    for time, next_time in zip(times[:-1], times[1:]):
         next_noisy_images, pred_images = ddim_step(model.denoise, model.diffusion_schedule,
-                                                   noisy_images, diffusion_times,
-                                                   diffusion_times - step_size)
+                                                   noisy_images, ones * time, ones * next_time)
         noisy_frames.append(ops.convert_to_numpy(model.denormalize(noisy_images)))
         pred_frames.append(ops.convert_to_numpy(model.denormalize(pred_images)))
         noisy_images = next_noisy_images
@@ -193,8 +192,8 @@ def save_reverse_process(model, folder, num_images=16, diffusion_steps=20, seed=
     noisy_frames, pred_frames = reverse_process(model, num_images, diffusion_steps, seed)
     pictures = [image_grid(frame) for frame in noisy_frames] + [image_grid(pred_frames[-1])]
     gif = save_gif(pictures, os.path.join(folder, "reverse_process.gif"))
-    columns = np.unique(np.linspace(0, diffusion_steps - 1, min(num_columns, diffusion_steps)).round()
-                        ).astype(int)
+    steps = len(pred_frames)  # the DDPM grid may merge steps that round to one timestep
+    columns = np.unique(np.linspace(0, steps - 1, min(num_columns, steps)).round()).astype(int)
     rows = min(num_images, 4)
     sequence = pred_frames[columns, :rows].transpose(1, 0, 2, 3, 4).reshape(-1, *pred_frames.shape[2:])
     png = save_image_grid(sequence, os.path.join(folder, "reverse_process_x0.png"), rows, len(columns))

@@ -79,33 +79,34 @@ def run_steps(step, initial_noise, diffusion_times, *history):
     return ops.fori_loop(0, steps, body, state)[1]
 
 
-def ddim_step(denoise, schedule, noisy_images, diffusion_times, next_diffusion_times):
-    """One deterministic DDIM step (Song et al. 2021, eta = 0) from time t to the earlier t_next.
+def ddim_step(denoise, schedule, noisy_images, diffusion_times, next_diffusion_times, eta=0.0,
+              noises=None):
+    """One DDIM step (Song et al. 2021, eq. 12) from time t to the earlier t_next; with eta > 0,
+    `noises` (standard normal, like the images) supply the fresh noise.
 
     Returns (next_noisy_images, pred_images); usable eagerly to record a reverse trajectory.
     """
     noise_rates, signal_rates = schedule(diffusion_times)
     pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
     next_noise_rates, next_signal_rates = schedule(next_diffusion_times)
-    return next_signal_rates * pred_images + next_noise_rates * pred_noises, pred_images
+    if eta == 0.0:  # deterministic: no variance to compute on every step
+        return next_signal_rates * pred_images + next_noise_rates * pred_noises, pred_images
+    # sigma^2 = eta^2 * (1 - a_next) / (1 - a) * (1 - a / a_next), the posterior variance times eta^2
+    sigmas = eta * ops.sqrt(ops.maximum(
+        ops.square(next_noise_rates / noise_rates)
+        * (1.0 - ops.square(signal_rates / next_signal_rates)), 0.0))
+    direction_rates = ops.sqrt(ops.maximum(ops.square(next_noise_rates) - ops.square(sigmas), 0.0))
+    return (next_signal_rates * pred_images + direction_rates * pred_noises + sigmas * noises,
+            pred_images)
 
 
 def ddim(denoise, initial_noise, diffusion_times, schedule, *, seed=0, eta=0.0):
     """DDIM (Song et al. 2021, eq. 12): eta = 0 deterministic, eta = 1 the DDPM posterior."""
     def step(index, times, next_times, noisy_images, _):
-        noise_rates, signal_rates = schedule(times)
-        pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
-        next_noise_rates, next_signal_rates = schedule(next_times)
-        # sigma^2 = eta^2 * (1 - a_next) / (1 - a) * (1 - a / a_next), the posterior variance times eta^2
-        sigmas = eta * ops.sqrt(ops.maximum(
-            ops.square(next_noise_rates / noise_rates)
-            * (1.0 - ops.square(signal_rates / next_signal_rates)), 0.0))
-        direction_rates = ops.sqrt(ops.maximum(ops.square(next_noise_rates) - ops.square(sigmas), 0.0))
-        next_noisy_images = next_signal_rates * pred_images + direction_rates * pred_noises
+        noises = None
         if eta > 0.0:
             noises = keras.random.normal(ops.shape(noisy_images), seed=StepSeed(seed, index))
-            next_noisy_images = next_noisy_images + sigmas * noises
-        return next_noisy_images, pred_images
+        return ddim_step(denoise, schedule, noisy_images, times, next_times, eta, noises)
 
     return run_steps(step, initial_noise, diffusion_times)
 
