@@ -1,6 +1,6 @@
 """The performance record: training and sampling throughput, memory and FLOP/s of one configuration.
 
-python bench.py [--precision mixed_bfloat16] [--compare-reference]   (any KERAS_BACKEND)
+python bench.py [--precision mixed_bfloat16] [--compare-reference] [--peak-tflops T]   (any KERAS_BACKEND)
 Prints one JSON line per measurement and a readable table. Timings are steady state: every
 compiled function runs once before the clock starts.
 """
@@ -119,7 +119,7 @@ def run_reference(steps, path=REFERENCE):
 
 def table(rows):
     columns = ["backend", "precision", "batch_size", "params", "train_img_s", "sample_img_s",
-               "train_tflop_s", "host_peak_mib", "device_peak_mib"]
+               "train_tflop_s", "train_mfu", "host_peak_mib", "device_peak_mib"]
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
     lines += [" | ".join(str(row.get(column)) for column in columns) for row in rows]
     return "\n".join(lines)
@@ -141,6 +141,9 @@ def parser():
                    help="also time ../shared/bench/reference_ddim.py (before and after) and print "
                         "the speed-up ratios against its mean")
     p.add_argument("--reference", default=REFERENCE, help="path of the reference script")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the hardware's dense peak in the precision used (H100 SXM bfloat16: "
+                        "989); adds the model-FLOP utilisation of training and sampling")
     return p
 
 
@@ -158,6 +161,9 @@ def main(argv=None):
         print(json.dumps({"reference_before": before, "reference_after": after}), flush=True)
         row["train_vs_reference"] = round(row["train_img_s"] / reference["ref_train_img_s"], 2)
         row["sample_vs_reference"] = round(row["sample_img_s"] / reference["ref_sample_img_s"], 2)
+    if args.peak_tflops:
+        row["train_mfu"] = round(row["train_tflop_s"] / args.peak_tflops, 3)
+        row["sample_mfu"] = round(row["sample_tflop_s"] / args.peak_tflops, 3)
     print(json.dumps(row), flush=True)
     rows.append(row)
     print(table(rows))

@@ -13,12 +13,15 @@ from diffusion_keras.callbacks import (
     StopOnNonFiniteLoss,
 )
 from diffusion_keras.data import ImageBatches
+from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.unet import DEFAULT_WIDTHS
 
 
 def split_images(images, validation_split, batch_size, seed):
     """Hold out a seeded `validation_split` fraction, or none when it would be under one batch."""
+    if not 0 <= validation_split < 1:
+        raise UsageError(f"validation split must be a fraction in [0, 1), got {validation_split}")
     count = int(len(images) * validation_split)
     if count < batch_size:
         return images, None
@@ -36,6 +39,12 @@ def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, sche
     machine); `accumulate_steps` > 1 averages gradients over that many batches before each update,
     so a small device trains with a large effective batch. `model_options`: any other
     DiffusionModel setting (formulation, prediction, U-Net options...)."""
+    if not learning_rate > 0:
+        raise UsageError(f"learning rate must be positive, got {learning_rate}")
+    if not weight_decay >= 0:
+        raise UsageError(f"weight decay must be zero or positive, got {weight_decay}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise UsageError(f"gradient clip norm must be positive, got {clip_norm}")
     model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,
                            block_depth=block_depth, schedule=schedule, ema=ema, seed=seed,
                            dtype=precision or backend.default_dtype_policy(), **model_options)

@@ -19,6 +19,15 @@ def test_bench_prints_a_json_line_and_a_table(capsys):
     assert lines[1].startswith("backend | precision")
 
 
+def test_peak_tflops_adds_the_model_flop_utilisation(capsys):
+    assert bench.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
+                       "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
+                       "--precision", "float32", "--peak-tflops", "1e-4"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["train_mfu"] == round(row["train_tflop_s"] / 1e-4, 3) > 0
+    assert row["sample_mfu"] == round(row["sample_tflop_s"] / 1e-4, 3) > 0
+
+
 def test_flop_count_matches_a_hand_count():
     network = build_unet(8, 3, widths=(4, 8), block_depth=1, embedding_dims=4)
     # 1x1 stem: 8*8*4*3; block at 8x8 (in 8 = 4 stem + 4 embedding, out 4): 1x1 skip 8*8*4*8,
