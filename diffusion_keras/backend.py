@@ -105,6 +105,12 @@ def cpu_has_bfloat16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def default_sample_batch_size():
+    """Images per sampling call: 256 on a GPU; 64 on a CPU, where a batch's activations then fit
+    the cache (2-core CPU, 20 DDIM steps: 10 images/s at batch 32-64, 6.5 at 256)."""
+    return 256 if has_gpu() else 64
+
+
 def default_dtype_policy():
     """The fastest Keras dtype policy measured for this backend and machine (see BENCHMARKS.md)."""
     if has_gpu():

@@ -72,7 +72,7 @@ def result_path(checkpoint, num_images, diffusion_steps):
 
 def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10", split="train",
              data_dir=None, limit=None, inception_weights="imagenet",
-             inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=256, seed=0,
+             inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=None, seed=0,
              cache_dir=None, extractor=None):
     """KID and FID of `num_images` EMA samples (`diffusion_steps` DDIM steps) against real images.
 
@@ -83,6 +83,7 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     if num_images < 2 or kid_images < 2:
         raise UsageError(f"KID and FID need at least 2 images, got {min(num_images, kid_images)}")
     model = runs.load_checkpoint(checkpoint)
+    batch_size = batch_size or backend.default_sample_batch_size()
     if extractor is None:
         extractor = metrics.inception_extractor(model.channels, inception_size, inception_weights)
     source = ({"data_dir": os.path.abspath(data_dir)} if data_dir is not None

@@ -193,11 +193,12 @@ class DiffusionModel(keras.Model):
         return keras.random.normal(shape, seed=self.seed_generator if seed is None else seed)
 
     def generate(self, num_images, diffusion_steps=20, initial_noise=None, seed=None,
-                 batch_size=256, sampler="ddim", spacing="uniform", **options):
+                 batch_size=None, sampler="ddim", spacing="uniform", **options):
         """Sample `num_images` images in [0, 1] as a NumPy array (N, H, W, C), batch by batch.
 
         `sampler` is a name in `samplers.SAMPLERS`, `options` its settings (eta, variance). Stochastic
-        samplers seed batch b's fresh noise with seed + b, so their samples depend on `batch_size`.
+        samplers seed batch b's fresh noise with seed + b, so their samples depend on `batch_size`
+        (default: this device's fastest, `backend.default_sample_batch_size()`).
         """
         if diffusion_steps < 1:
             raise UsageError(f"diffusion steps must be a positive integer, got {diffusion_steps}")
@@ -209,6 +210,7 @@ class DiffusionModel(keras.Model):
         if seed is None:
             seed = keras.random.randint((), 0, 2**30, seed=self.seed_generator)
         sample = self._compiled_sampler(diffusion_steps, sampler, spacing, options)
+        batch_size = batch_size or backend.default_sample_batch_size()
         batches = [
             ops.convert_to_numpy(sample(initial_noise[start:start + batch_size],
                                         ops.convert_to_tensor(seed + index, "int32")))

@@ -8,6 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
+from diffusion_keras import backend
 from diffusion_keras.cli import generate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,8 @@ def test_generate_writes_grid_interpolation_and_metadata(trained_run, tmp_path):
     assert len([name for name in names if name.startswith("sample_seed0")]) == 4
     metadata = json.loads((tmp_path / "samples_seed0_steps3.json").read_text())
     assert metadata["steps"] == 3 and metadata["sampler"] == "ddim"
+    # the device's default batch is recorded: stochastic samplers' images depend on it
+    assert metadata["batch_size"] == backend.default_sample_batch_size()
 
 
 def test_generate_defaults_to_the_newest_checkpoint_under_runs(trained_run, tmp_path, monkeypatch):

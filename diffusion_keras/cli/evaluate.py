@@ -23,7 +23,8 @@ def parser():
     p.add_argument("--inception-size", type=positive_int, default=INCEPTION_SIZE,
                    help="InceptionV3 input size (images are resized to it; at least 75)")
     p.add_argument("--kid-images", type=positive_int, default=1000, help="images per side for KID")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per batch (default: 256 on a GPU, 64 on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noises")
     p.add_argument("--cache-dir", help="where reference statistics are cached "
                                        "(default: ~/.cache/diffusion_keras/reference)")

@@ -27,7 +27,8 @@ def parser():
                    help="also render a spherical interpolation between two noises (strip and GIF)")
     p.add_argument("--frames", type=positive_int, default=8, help="images in the interpolation")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per sampler call")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per sampler call (default: 256 on a GPU, 64 on a CPU)")
     p.add_argument("--individual", action="store_true", help="also save each image as its own PNG")
     p.add_argument("--output", help="output folder (default: <run folder>/generated)")
     return p
@@ -49,7 +50,7 @@ def sampler_options(args):
 
 
 def generate_from_args(args):
-    from diffusion_keras import runs
+    from diffusion_keras import backend, runs
     from diffusion_keras.interpolation import interpolation_images
     from diffusion_keras.plotting import image_grid, save_gif, save_image_grid, save_png
 
@@ -61,9 +62,11 @@ def generate_from_args(args):
     if args.sampler != "ddim":
         name = f"{args.sampler}_{name}"
     options = sampler_options(args)
+    # stochastic samplers draw fresh noise per batch, so the batch size is part of the recipe
+    batch_size = args.batch_size or backend.default_sample_batch_size()
 
     images = model.generate(args.num_images, args.steps, seed=args.seed,
-                            batch_size=args.batch_size, sampler=args.sampler,
+                            batch_size=batch_size, sampler=args.sampler,
                             spacing=args.spacing, **options)
     written = [save_image_grid(images, os.path.join(output, f"samples_{name}.png"))]
     if args.individual:
@@ -81,7 +84,8 @@ def generate_from_args(args):
         "checkpoint": os.path.abspath(checkpoint), "sampler": args.sampler, "steps": args.steps,
         "spacing": args.spacing, **options,
         "network_evaluations": network_evaluations(args.sampler, args.steps),
-        "num_images": args.num_images, "seed": args.seed, "files": written,
+        "num_images": args.num_images, "batch_size": batch_size, "seed": args.seed,
+        "files": written,
     })
     for path in written:
         print(f"wrote {path}")
