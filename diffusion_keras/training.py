@@ -39,10 +39,10 @@ def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, sche
     machine); `accumulate_steps` > 1 averages gradients over that many batches before each update,
     so a small device trains with a large effective batch. `model_options`: any other
     DiffusionModel setting (formulation, prediction, U-Net options...)."""
-    if not learning_rate > 0:
-        raise UsageError(f"learning rate must be positive, got {learning_rate}")
+    if not learning_rate >= 0:
+        raise UsageError(f"learning rate must not be negative, got {learning_rate}")
     if not weight_decay >= 0:
-        raise UsageError(f"weight decay must be zero or positive, got {weight_decay}")
+        raise UsageError(f"weight decay must not be negative, got {weight_decay}")
     if clip_norm is not None and not clip_norm > 0:
         raise UsageError(f"gradient clip norm must be positive, got {clip_norm}")
     model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,

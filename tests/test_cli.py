@@ -97,8 +97,8 @@ def assert_one_line_error(capsys, message):
     (["--data-dir", "{folder}", "--epochs", "0"], "--epochs: must be a positive integer"),
     (["--data-dir", "{folder}", "--batch-size", "-4"], "--batch-size: must be a positive integer"),
     (["--data-dir", "{folder}", "--validation-split", "1.5"], "validation split must be a fraction"),
-    (["--data-dir", "{folder}", "--learning-rate=-1e-3"], "learning rate must be positive"),
-    (["--data-dir", "{folder}", "--weight-decay", "-1"], "weight decay must be zero or positive"),
+    (["--data-dir", "{folder}", "--learning-rate=-1e-3"], "learning rate must not be negative"),
+    (["--data-dir", "{folder}", "--weight-decay", "-1"], "weight decay must not be negative"),
     (["--data-dir", "{folder}", "--clip-norm", "0"], "clip norm must be positive"),
 ])
 def test_train_bad_input_is_one_line_and_exit_2(argv, message, tiny_folder, tmp_path, capsys):
