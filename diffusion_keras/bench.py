@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from diffusion_keras import backend
-from diffusion_keras.cli import Parser, int_list, positive_int
+from diffusion_keras.cli import Parser, int_list, positive_float, positive_int
 from diffusion_keras.data import ImageBatches
 from diffusion_keras.training import build_model
 
@@ -141,7 +141,7 @@ def parser():
                    help="also time ../shared/bench/reference_ddim.py (before and after) and print "
                         "the speed-up ratios against its mean")
     p.add_argument("--reference", default=REFERENCE, help="path of the reference script")
-    p.add_argument("--peak-tflops", type=float,
+    p.add_argument("--peak-tflops", type=positive_float,
                    help="the hardware's dense peak in the precision used (H100 SXM bfloat16: "
                         "989); adds the model-FLOP utilisation of training and sampling")
     return p
@@ -161,7 +161,7 @@ def main(argv=None):
         print(json.dumps({"reference_before": before, "reference_after": after}), flush=True)
         row["train_vs_reference"] = round(row["train_img_s"] / reference["ref_train_img_s"], 2)
         row["sample_vs_reference"] = round(row["sample_img_s"] / reference["ref_sample_img_s"], 2)
-    if args.peak_tflops:
+    if args.peak_tflops is not None:
         row["train_mfu"] = round(row["train_tflop_s"] / args.peak_tflops, 3)
         row["sample_mfu"] = round(row["sample_tflop_s"] / args.peak_tflops, 3)
     print(json.dumps(row), flush=True)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from diffusion_keras import bench
 from diffusion_keras.unet import build_unet
 
@@ -52,3 +54,12 @@ def test_compare_reference_times_it_before_and_after_and_prints_ratios(tmp_path,
     assert row["train_vs_reference"] == round(row["train_img_s"] / 4.0, 2)
     assert row["sample_vs_reference"] == round(row["sample_img_s"] / 2.0, 2)
     assert lines[-1].startswith("speed-up over the reference: training ")
+
+
+def test_a_non_positive_peak_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["--peak-tflops", "0"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--peak-tflops: must be a positive number, got 0.0 (see --help)")
+    assert len(err.splitlines()) == 1

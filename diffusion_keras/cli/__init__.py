@@ -17,15 +17,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1, with a one-line error otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def positive(kind, what):
+    """An argparse type: a `kind` (int or float) > 0, with a one-line error otherwise."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = positive(int, "integer")
+positive_float = positive(float, "number")
 
 
 def int_list(text):
