@@ -62,8 +62,8 @@ def main(argv=None):
 
     model = runs.load_checkpoint(args.checkpoint)
     weights = None if args.inception_weights == "random" else args.inception_weights
-    extractor = metrics.inception_extractor(model.channels, args.inception_size, weights, args.seed)
-    real = load_image_folder(args.real_dir, model.image_size)
+    extractor = metrics.inception_extractor(model.config.channels, args.inception_size, weights, args.seed)
+    real = load_image_folder(args.real_dir, model.config.image_size)
     real = real[np.random.default_rng(args.seed).permutation(len(real))[:args.num_images]]
     real_features = extract_features(extractor, real, args.batch_size)
     real_statistics = metrics.FeatureStatistics().update(real_features)

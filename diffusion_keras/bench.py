@@ -18,6 +18,7 @@ import numpy as np
 
 from diffusion_keras import backend
 from diffusion_keras.cli import Parser, int_list, positive_float, positive_int
+from diffusion_keras.config import ModelConfig, OptimizationConfig
 from diffusion_keras.data import ImageBatches
 from diffusion_keras.training import build_model
 
@@ -72,7 +73,8 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
     """Throughput of one configuration on the running backend, as a dict."""
     warm_up_steps = 2  # the first step compiles; the second may still settle
     keras.utils.set_random_seed(seed)
-    model = build_model(image_size, 3, widths, block_depth, seed=seed, precision=precision)
+    model = build_model(ModelConfig(image_size=image_size, widths=widths, block_depth=block_depth, seed=seed),
+                        OptimizationConfig(precision=precision))
     images = np.random.default_rng(seed).random(
         (batch_size * (train_steps + warm_up_steps), image_size, image_size, 3), dtype=np.float32)
     model.normalizer.adapt(images[:batch_size])

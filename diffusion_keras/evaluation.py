@@ -85,17 +85,17 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     model = runs.load_checkpoint(checkpoint)
     batch_size = batch_size or backend.default_sample_batch_size()
     if extractor is None:
-        extractor = metrics.inception_extractor(model.channels, inception_size, inception_weights)
+        extractor = metrics.inception_extractor(model.config.channels, inception_size, inception_weights)
     source = ({"data_dir": os.path.abspath(data_dir)} if data_dir is not None
               else {"dataset": dataset, "split": split})
 
     def load_real_images():
         if data_dir is not None:
-            return load_image_folder(data_dir, model.image_size, model.channels, limit, seed)
-        return load_tfds(dataset, model.image_size, split, limit, seed)
+            return load_image_folder(data_dir, model.config.image_size, model.config.channels, limit, seed)
+        return load_tfds(dataset, model.config.image_size, split, limit, seed)
 
-    key = reference_key(source, model.image_size, model.channels, inception_weights, inception_size,
-                        limit, kid_images)
+    key = reference_key(source, model.config.image_size, model.config.channels, inception_weights,
+                        inception_size, limit, kid_images)
     real, real_kid_features, cache_path, reused = reference_statistics(
         load_real_images, key, extractor, cache_dir or default_cache_dir(), batch_size, seed)
 

@@ -53,9 +53,6 @@ class SinusoidalEmbedding(layers.Layer):
         }
 
 
-NORMALIZATIONS = ("batch", "group")
-
-
 def normalization(kind, channels):
     """Unscaled BatchNorm (keras-io) or GroupNorm with up to 32 groups (DDPM, Ho et al. 2020)."""
     if kind == "group":

@@ -5,119 +5,74 @@ Training goes through Keras' own `fit` on every backend: `call` normalises a bat
 """
 
 import functools
+import math
 
 import keras
 import numpy as np
 from keras import layers, ops
 
 from diffusion_keras import backend, samplers, targets
+from diffusion_keras.config import ModelConfig
 from diffusion_keras.errors import UsageError
 from diffusion_keras.schedules import get_schedule
-from diffusion_keras.unet import DEFAULT_WIDTHS, build_unet
+from diffusion_keras.unet import build_unet
 
-FORMULATIONS = ("continuous", "ddpm")
-LOSSES = ("mae", "mse")
+EDM_LOG_SIGMA_MEAN = -1.2 + math.log(2.0)  # Karras et al.'s P_mean for sigma_data 0.5; ours is 1
+EDM_LOG_SIGMA_STD = 1.2
+LOG_SIGMA_TABLE_SIZE = 1025
 
 
 @keras.saving.register_keras_serializable(package="diffusion_keras")
 class DiffusionModel(keras.Model):
     """Denoising diffusion model with an EMA copy of its U-Net, sampled with any sampler.
 
-    `formulation="continuous"` (keras-io DDIM) trains on times drawn uniformly from [0, 1];
-    `"ddpm"` (Ho et al. 2020) on integer timesteps k = 1..`timesteps`, i.e. times k / T, with the
-    linear beta schedule unless another is named. Either way the network is conditioned on the noise
-    variance 1 - alpha_bar, a one-to-one function of k, so one network serves samplers that step
-    between the integer timesteps (DPM-Solver, Heun) as well. `prediction` is what the network
-    outputs (epsilon, x0 or v); `loss_function` (mae or mse) is measured in `loss_target`'s space.
+    Its settings are a `ModelConfig` (pass one, or its fields as keywords): `formulation="continuous"`
+    (keras-io DDIM) trains on times in [0, 1]; `"ddpm"` (Ho et al. 2020) on integer timesteps
+    k = 1..`timesteps`, i.e. times k / T, with the linear beta schedule; `"flow"` on rectified flow's
+    straight path with a velocity target. Either way the network is conditioned on the noise variance,
+    a one-to-one function of time, so one network serves every sampler. `prediction` is what the
+    network outputs; `loss_function` (mae or mse) is measured in `loss_target`'s space, weighted
+    across noise levels by `loss_weighting`; `time_distribution` is how training times are drawn.
     """
 
-    def __init__(self, image_size=32, channels=3, widths=DEFAULT_WIDTHS, block_depth=2,
-                 embedding_dims=32, embedding_max_frequency=1000.0, schedule=None,
-                 ema=0.999, seed=None, formulation="continuous", timesteps=1000,
-                 prediction="epsilon", loss_function="mae", loss_target="epsilon",
-                 attention_resolutions=(), norm="batch", embedding="input", dropout=0.0,
-                 **kwargs):
+    def __init__(self, config=None, **kwargs):
+        settings = {name: kwargs.pop(name) for name in ModelConfig.field_names() if name in kwargs}
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        config = (config or ModelConfig()).replace(**settings).resolved()
         super().__init__(**kwargs)
-        if formulation not in FORMULATIONS:
-            raise UsageError(f"unknown formulation {formulation!r}; choose one of {list(FORMULATIONS)}")
-        if int(timesteps) != timesteps or timesteps < 1:
-            raise UsageError(f"timesteps must be a positive integer, got {timesteps}")
-        if loss_function not in LOSSES:
-            raise UsageError(f"unknown loss function {loss_function!r}; choose one of {list(LOSSES)}")
-        targets.check_target(prediction)
-        targets.check_target(loss_target, "loss target")
-        if schedule is None:
-            schedule = "linear" if formulation == "ddpm" else "offset_cosine"
-        if channels not in (1, 3):
-            raise UsageError(f"channels must be 1 or 3, got {channels}")
-        if not 0.0 <= ema < 1.0:
-            raise UsageError(f"ema momentum must be in [0, 1), got {ema}")
-        self.image_size = image_size
-        self.channels = channels
-        self.widths = tuple(widths)
-        self.block_depth = block_depth
-        self.embedding_dims = embedding_dims
-        self.embedding_max_frequency = embedding_max_frequency
-        self.schedule = schedule
-        self.ema = ema
-        self.seed = seed
-        self.formulation = formulation
-        self.timesteps = int(timesteps)
-        self.prediction = prediction
-        self.loss_function = loss_function  # not `loss`: compile() sets that
-        self.loss_target = loss_target
-        self.attention_resolutions = tuple(attention_resolutions)
-        self.norm = norm
-        self.embedding = embedding
-        self.dropout = dropout
-        self.diffusion_schedule = get_schedule(schedule)
-        if schedule == "linear":  # T linear betas: time k / T is exactly DDPM's step k
+        self.config = config
+        self.diffusion_schedule = get_schedule(config.schedule)
+        if config.schedule == "linear":  # T linear betas: time k / T is exactly DDPM's step k
             self.diffusion_schedule = functools.partial(self.diffusion_schedule,
-                                                        timesteps=self.timesteps)
-
-        unet_args = (image_size, channels, self.widths, block_depth, embedding_dims,
-                     embedding_max_frequency)
-        unet_options = {"attention_resolutions": self.attention_resolutions, "norm": norm,
-                        "embedding": embedding, "dropout": dropout}
+                                                        timesteps=config.timesteps)
         self.normalizer = layers.Normalization(axis=-1, dtype="float32")  # exact in mixed precision
-        self.normalizer.build((None, image_size, image_size, channels))
+        self.normalizer.build((None, *self.image_shape))
         with backend.dtype_policy(self.dtype_policy):  # e.g. mixed_bfloat16, saved in the config
-            self.network = build_unet(*unet_args, name="network", **unet_options)
-            self.ema_network = build_unet(*unet_args, name="ema_network", **unet_options)
+            self.network = build_unet(config, name="network")
+            self.ema_network = build_unet(config, name="ema_network")
         self.ema_network.set_weights(self.network.get_weights())
         self.ema_network.trainable = False
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # batches trained on, saved with the model: the EMA warm-up and accumulation phase read it
+        self.training_steps = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                              name="training_steps")
+        self.seed_generator = keras.random.SeedGenerator(config.seed)
         self.noise_loss_tracker = keras.metrics.Mean(name="noise_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="image_loss")
+        if config.time_distribution == "lognormal":  # computed eagerly, outside any traced step
+            times = np.linspace(0.0, 1.0, LOG_SIGMA_TABLE_SIZE, dtype="float32")
+            noise_rates, signal_rates = map(ops.convert_to_numpy, self.diffusion_schedule(times))
+            log_sigmas = np.log(np.maximum(noise_rates, 1e-8) / np.maximum(signal_rates, 1e-8))
+            self._log_sigma_table = (np.maximum.accumulate(log_sigmas), times)
         self._samplers = {}
         self.built = True
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "image_size": self.image_size,
-            "channels": self.channels,
-            "widths": list(self.widths),
-            "block_depth": self.block_depth,
-            "embedding_dims": self.embedding_dims,
-            "embedding_max_frequency": self.embedding_max_frequency,
-            "schedule": self.schedule,
-            "ema": self.ema,
-            "seed": self.seed,
-            "formulation": self.formulation,
-            "timesteps": self.timesteps,
-            "prediction": self.prediction,
-            "loss_function": self.loss_function,
-            "loss_target": self.loss_target,
-            "attention_resolutions": list(self.attention_resolutions),
-            "norm": self.norm,
-            "embedding": self.embedding,
-            "dropout": self.dropout,
-        }
+        return {**super().get_config(), **self.config.to_dict()}
 
     @property
     def image_shape(self):
-        return (self.image_size, self.image_size, self.channels)
+        return (self.config.image_size, self.config.image_size, self.config.channels)
 
     def denormalize(self, images):
         """Model space back to [0, 1] pixels, using the normaliser's adapted statistics."""
@@ -129,7 +84,7 @@ class DiffusionModel(keras.Model):
         network = self.network if training else self.ema_network
         outputs = network([noisy_images, noise_rates**2], training=training)
         return targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates,
-                                            self.prediction)
+                                            self.config.prediction)
 
     def call(self, images, training=False):
         """Pixels in [0, 1] -> the normalised space the network is trained in."""
@@ -137,7 +92,9 @@ class DiffusionModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Noise the normalised batch at random times and score the prediction (`loss_function` in
-        `loss_target`'s space); the noise and image MAE are tracked whatever the loss."""
+        `loss_target`'s space, weighted by `loss_weighting`); the noise and image MAE are tracked
+        whatever the loss."""
+        config = self.config
         images = y_pred
         noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         diffusion_times = self.training_times(ops.shape(images)[0])
@@ -145,10 +102,13 @@ class DiffusionModel(keras.Model):
         noisy_images = signal_rates * images + noise_rates * noises
         pred_noises, pred_images = self.denoise(noisy_images, noise_rates, signal_rates, training)
 
-        errors = (targets.target_values(noises, images, noise_rates, signal_rates, self.loss_target)
+        errors = (targets.target_values(noises, images, noise_rates, signal_rates, config.loss_target)
                   - targets.target_values(pred_noises, pred_images, noise_rates, signal_rates,
-                                          self.loss_target))
-        loss = ops.mean(ops.abs(errors) if self.loss_function == "mae" else ops.square(errors))
+                                          config.loss_target))
+        errors = ops.abs(errors) if config.loss_function == "mae" else ops.square(errors)
+        if config.loss_weighting == "min_snr":
+            errors = errors * self.min_snr_weights(noise_rates, signal_rates)
+        loss = ops.mean(errors)
         noise_loss = ops.mean(ops.abs(noises - pred_noises))
         image_loss = ops.mean(ops.abs(images - pred_images))
         self.noise_loss_tracker.update_state(noise_loss)
@@ -157,27 +117,71 @@ class DiffusionModel(keras.Model):
             self.update_ema()
         return loss
 
+    def min_snr_weights(self, noise_rates, signal_rates):
+        """Min-SNR-gamma (Hang et al. 2023): weight min(SNR, gamma) on the squared clean-image error,
+        turned into the loss target's space (its square root for an absolute error)."""
+        snrs = ops.square(signal_rates / ops.maximum(noise_rates, targets.MIN_RATE))
+        weights = ops.minimum(snrs, self.config.min_snr_gamma) / ops.square(
+            targets.x0_error_scales(noise_rates, signal_rates, self.config.loss_target))
+        return ops.sqrt(weights) if self.config.loss_function == "mae" else weights
+
     def training_times(self, batch_size):
-        """Uniform times in [0, 1], or uniform integer timesteps k = 1..T as k / T (DDPM)."""
+        """Training times by `time_distribution`: uniform in [0, 1]; logit-normal (Esser et al.
+        2024); or EDM's log-normal noise levels (Karras et al. 2022), log(noise / signal) ~
+        N(-1.2 + log 2, 1.2^2) for unit-variance data, mapped to the schedule's times. The DDPM
+        formulation draws integer timesteps k = 1..T uniformly, as times k / T."""
         shape = (batch_size, 1, 1, 1)
-        if self.formulation == "continuous":
+        distribution = self.config.time_distribution
+        if self.config.formulation == "ddpm":
+            steps = keras.random.randint(shape, 1, self.config.timesteps + 1, seed=self.seed_generator)
+            return ops.cast(steps, "float32") / self.config.timesteps
+        if distribution == "uniform":
             return keras.random.uniform(shape, seed=self.seed_generator)
-        steps = keras.random.randint(shape, 1, self.timesteps + 1, seed=self.seed_generator)
-        return ops.cast(steps, "float32") / self.timesteps
+        normals = keras.random.normal(shape, seed=self.seed_generator)
+        if distribution == "logit_normal":
+            return ops.sigmoid(normals)
+        return self.times_of_log_sigmas(EDM_LOG_SIGMA_MEAN + EDM_LOG_SIGMA_STD * normals)
+
+    def times_of_log_sigmas(self, log_sigmas):
+        """The schedule's times where log(noise_rate / signal_rate) takes these values (clipped to
+        the schedule's range), by linear interpolation in a table of the schedule."""
+        table, times = (ops.convert_to_tensor(values) for values in self._log_sigma_table)
+        log_sigmas = ops.clip(log_sigmas, table[0], table[-1])
+        upper = ops.clip(ops.searchsorted(table, ops.reshape(log_sigmas, (-1,))), 1,
+                         LOG_SIGMA_TABLE_SIZE - 1)
+        upper = ops.reshape(upper, ops.shape(log_sigmas))
+        low, high = ops.take(table, upper - 1), ops.take(table, upper)
+        fractions = ops.where(high > low, (log_sigmas - low) / ops.maximum(high - low, 1e-12), 0.0)
+        low_times = ops.take(times, upper - 1)
+        return low_times + fractions * (ops.take(times, upper) - low_times)
 
     def update_ema(self):
-        """ema <- m * ema + (1 - m) * online, for every weight (BatchNorm statistics included).
+        """ema <- m * ema + (1 - m) * online, for every weight (BatchNorm statistics included), once
+        per optimizer update: on the first batch of each gradient-accumulation cycle, when the online
+        weights have just changed. With `ema_warmup` p > 0 the momentum is min(ema, 1 - (1 + n)^-p)
+        after n updates (k-diffusion's EMA warm-up), so a short run samples from its recent weights,
+        not from the initial ones.
 
         Written as ema -= (1 - m) * (ema - online): one op fewer per weight, about 10% faster
         training on TensorFlow CPU. No stop_gradient needed: assignments are not differentiated,
         and on TensorFlow wrapping the weights in one halved the training speed.
         """
+        accumulate = getattr(self.optimizer, "gradient_accumulation_steps", None) or 1
+        steps = ops.convert_to_tensor(self.training_steps)  # a read now, before the increment
+        momentum = self.config.ema
+        if self.config.ema_warmup > 0:
+            updates = ops.floor(steps / accumulate)
+            momentum = ops.minimum(momentum, 1.0 - (1.0 + updates) ** -self.config.ema_warmup)
+        rate = 1.0 - momentum
+        if accumulate > 1:
+            rate = rate * ops.cast(ops.equal(ops.mod(steps, accumulate), 0.0), "float32")
         for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
-            ema_weight.assign_sub((1.0 - self.ema) * (ema_weight - weight))
+            ema_weight.assign_sub(ops.cast(rate, ema_weight.dtype) * (ema_weight - weight))
+        self.training_steps.assign(steps + 1.0)
 
     def sampling_times(self, diffusion_steps, spacing="uniform"):
         """The sampler's time grid; on the model's integer timesteps for the DDPM formulation."""
-        timesteps = self.timesteps if self.formulation == "ddpm" else None
+        timesteps = self.config.timesteps if self.config.formulation == "ddpm" else None
         return samplers.sampling_times(diffusion_steps, spacing, timesteps)
 
     def reverse_diffusion(self, initial_noise, diffusion_steps, sampler="ddim", spacing="uniform",

@@ -8,6 +8,8 @@ import math
 
 from keras import ops
 
+from diffusion_keras.errors import UsageError
+
 LINEAR_BETA_START = 1e-4
 LINEAR_BETA_END = 0.02
 LINEAR_TIMESTEPS = 1000
@@ -61,15 +63,28 @@ def offset_cosine_diffusion_schedule(diffusion_times, min_signal_rate=0.02, max_
     return ops.sin(angles), ops.cos(angles)
 
 
+def flow_diffusion_schedule(diffusion_times, max_time=0.999):
+    """Rectified flow's straight path x = (1 - t) x_0 + t epsilon (Liu et al. 2023, Lipman et al. 2023),
+    scaled to unit variance: signal (1 - t) / c and noise t / c with c = sqrt((1 - t)^2 + t^2).
+
+    The network sees the same path at unit variance; `targets`' "flow" velocity epsilon - x_0 is
+    defined on it. Times stop at `max_time`, where a little signal keeps sigma = noise / signal finite.
+    """
+    times = ops.clip(ops.cast(diffusion_times, "float32"), 0.0, max_time)
+    scales = ops.sqrt(ops.square(1.0 - times) + ops.square(times))
+    return times / scales, (1.0 - times) / scales
+
+
 SCHEDULES = {
     "linear": linear_diffusion_schedule,
     "cosine": cosine_diffusion_schedule,
     "offset_cosine": offset_cosine_diffusion_schedule,
+    "flow": flow_diffusion_schedule,
 }
 
 
 def get_schedule(name):
     """The schedule function registered under `name`; a clear error for unknown names."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown diffusion schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+        raise UsageError(f"unknown diffusion schedule {name!r}; choose one of {sorted(SCHEDULES)}")
     return SCHEDULES[name]

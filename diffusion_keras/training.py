@@ -1,9 +1,11 @@
 """One training run: split the images, build and compile the model, fit with the run callbacks."""
 
+import os
+
 import keras
 import numpy as np
 
-from diffusion_keras import backend
+from diffusion_keras import backend, runs
 from diffusion_keras.callbacks import (
     Checkpointer,
     EpochSeeds,
@@ -12,16 +14,13 @@ from diffusion_keras.callbacks import (
     ProcessPlots,
     StopOnNonFiniteLoss,
 )
+from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConfig
 from diffusion_keras.data import ImageBatches
-from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
-from diffusion_keras.unet import DEFAULT_WIDTHS
 
 
 def split_images(images, validation_split, batch_size, seed):
     """Hold out a seeded `validation_split` fraction, or none when it would be under one batch."""
-    if not 0 <= validation_split < 1:
-        raise UsageError(f"validation split must be a fraction in [0, 1), got {validation_split}")
     count = int(len(images) * validation_split)
     if count < batch_size:
         return images, None
@@ -29,40 +28,47 @@ def split_images(images, validation_split, batch_size, seed):
     return images[np.sort(order[count:])], images[np.sort(order[:count])]
 
 
-def build_model(image_size, channels, widths=DEFAULT_WIDTHS, block_depth=2, schedule=None,
-                ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0, clip_norm=None,
-                precision=None, accumulate_steps=1, **model_options):
+def learning_rate_schedule(optimization, total_updates):
+    """The learning rate as Keras' own schedule: `warmup_steps` linear warm-up from 0, then constant
+    (a cosine whose floor `alpha` is 1) or a cosine decay to 0 over the rest of `total_updates`."""
+    config = optimization
+    if config.learning_rate_schedule == "constant" and not config.warmup_steps:
+        return config.learning_rate
+    decay_steps = max(total_updates - config.warmup_steps, 1)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if config.warmup_steps else config.learning_rate, decay_steps,
+        alpha=1.0 if config.learning_rate_schedule == "constant" else 0.0,
+        warmup_target=config.learning_rate if config.warmup_steps else None,
+        warmup_steps=config.warmup_steps)
+
+
+def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), steps_per_epoch=1):
     """A compiled DiffusionModel with AdamW (gradients clipped to global norm `clip_norm` when
-    given) and this backend's best compile settings.
+    given), its learning-rate schedule over `optimization.epochs` of `steps_per_epoch` batches, and
+    this backend's best compile settings.
 
     `precision` is a Keras dtype policy (default: the fastest measured for this backend and
     machine); `accumulate_steps` > 1 averages gradients over that many batches before each update,
-    so a small device trains with a large effective batch. `model_options`: any other
-    DiffusionModel setting (formulation, prediction, U-Net options...)."""
-    if not learning_rate >= 0:
-        raise UsageError(f"learning rate must not be negative, got {learning_rate}")
-    if not weight_decay >= 0:
-        raise UsageError(f"weight decay must not be negative, got {weight_decay}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise UsageError(f"gradient clip norm must be positive, got {clip_norm}")
-    model = DiffusionModel(image_size=image_size, channels=channels, widths=widths,
-                           block_depth=block_depth, schedule=schedule, ema=ema, seed=seed,
-                           dtype=precision or backend.default_dtype_policy(), **model_options)
+    so a small device trains with a large effective batch."""
+    config = optimization
+    model = DiffusionModel(model_config, dtype=config.precision or backend.default_dtype_policy())
+    total_updates = config.epochs * steps_per_epoch // config.accumulate_steps
     model.compile(
         optimizer=keras.optimizers.AdamW(
-            learning_rate=learning_rate, weight_decay=weight_decay, global_clipnorm=clip_norm,
-            gradient_accumulation_steps=accumulate_steps if accumulate_steps > 1 else None),
+            learning_rate=learning_rate_schedule(config, total_updates),
+            weight_decay=config.weight_decay, global_clipnorm=config.clip_norm,
+            gradient_accumulation_steps=config.accumulate_steps if config.accumulate_steps > 1
+            else None),
         jit_compile=backend.default_jit_compile(),
     )
     return model
 
 
-def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_depth=2,
-          schedule=None, ema=0.999, learning_rate=1e-3, weight_decay=1e-4, seed=0,
-          flip=True, validation_split=0.05, plot_every=1, keep_checkpoints=3, verbose="auto",
-          clip_norm=None, resume_from=None, callbacks=(), model_options=None):
-    """Train on `images` (float32 NHWC in [0, 1]) and leave checkpoints, samples and a log in
-    `run_dir`. Returns the trained model.
+def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=(),
+          resume_from=None):
+    """Train on `images` (float32 NHWC in [0, 1]) with the settings of `config` (a TrainingConfig;
+    its model's image size and channels are taken from the images) and leave checkpoints, samples
+    and a log in `run_dir`. Returns the trained model.
 
     `resume_from` (a `runs.resume_point(run_dir)`) continues that run after its last completed
     epoch: its model (optimizer, EMA and normaliser state), log and best value carry on, and data
@@ -71,16 +77,22 @@ def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_d
     (KeyboardInterrupt) or an error propagates: every completed epoch is already checkpointed,
     and a non-finite loss raises `callbacks.NonFiniteLoss` before a NaN model is saved.
     """
+    run, optimization = config.run, config.optimization
+    seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
+    flip = run.resolved_flip()
     keras.utils.set_random_seed(seed)
-    train_images, validation_images = split_images(images, validation_split, batch_size, seed)
+    train_images, validation_images = split_images(images, run.validation_split, batch_size, seed)
     if resume_from is None:
-        model = build_model(images.shape[1], images.shape[-1], widths, block_depth, schedule, ema,
-                            learning_rate, weight_decay, seed, clip_norm,
-                            **(model_options or {}))
+        model_config = config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
+                                            seed=seed)
+        model = build_model(model_config, optimization, len(train_images) // batch_size)
         model.normalizer.adapt(train_images)
         initial_epoch, history = 0, []
     else:
         model, initial_epoch, history, _ = resume_from
+    saved = TrainingConfig(model.config, optimization, run)
+    runs.write_json(os.path.join(run_dir, "config.json"),
+                    {**saved.to_dict(), "num_images": len(images)})
     validation = None
     if validation_images is not None:
         validation = backend.as_fit_input(
@@ -96,9 +108,9 @@ def train(images, run_dir, epochs, batch_size=64, widths=DEFAULT_WIDTHS, block_d
         callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
             EpochSeeds(seed),
             StopOnNonFiniteLoss(run_dir),
-            ImageGenerator(run_dir, every=plot_every, seed=seed),
+            ImageGenerator(run_dir, every=run.plot_every, seed=seed),
             MetricsLog(run_dir, history),
-            Checkpointer(run_dir, keep=keep_checkpoints, history=history),
+            Checkpointer(run_dir, keep=run.keep_checkpoints, history=history),
             ProcessPlots(run_dir, train_images, seed=seed, resumed=resume_from is not None),
             *callbacks,
         ],

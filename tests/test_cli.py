@@ -32,7 +32,9 @@ def test_train_leaves_checkpoints_samples_and_log(trained_run):
     assert [row["epoch"] for row in log] == [1, 2]
     assert {"noise_loss", "image_loss", "val_noise_loss"} <= set(log[0])
     assert (trained_run / "log.csv").read_text().startswith("epoch,")
-    assert json.loads((trained_run / "config.json").read_text())["channels"] == 3
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"]["channels"] == 3 and config["num_images"] == 48
+    assert config["model"]["prediction"] == "epsilon", "the formulation's defaults are recorded"
     assert not [name for name in os.listdir(trained_run / "checkpoints") if ".tmp" in name]
 
 
@@ -96,10 +98,12 @@ def assert_one_line_error(capsys, message):
     (["--data-dir", "{folder}", "--image-size", "17"], "not divisible by 2"),
     (["--data-dir", "{folder}", "--epochs", "0"], "--epochs: must be a positive integer"),
     (["--data-dir", "{folder}", "--batch-size", "-4"], "--batch-size: must be a positive integer"),
-    (["--data-dir", "{folder}", "--validation-split", "1.5"], "validation split must be a fraction"),
-    (["--data-dir", "{folder}", "--learning-rate=-1e-3"], "learning rate must not be negative"),
-    (["--data-dir", "{folder}", "--weight-decay", "-1"], "weight decay must not be negative"),
+    (["--data-dir", "{folder}", "--validation-split", "1.5"], "validation split must be in [0, 1), got 1.5"),
+    (["--data-dir", "{folder}", "--learning-rate=-1e-3"], "learning rate must be non-negative"),
+    (["--data-dir", "{folder}", "--weight-decay", "-1"], "weight decay must be non-negative"),
     (["--data-dir", "{folder}", "--clip-norm", "0"], "clip norm must be positive"),
+    (["--data-dir", "{folder}", "--learning-rate", "nan"], "learning rate must be a finite number"),
+    (["--data-dir", "{folder}", "--config", "{missing}"], "cannot read config file"),
 ])
 def test_train_bad_input_is_one_line_and_exit_2(argv, message, tiny_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()

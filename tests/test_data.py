@@ -106,10 +106,12 @@ def test_fewer_images_than_a_batch_is_an_error():
 def test_validation_through_the_fit_input_averages_every_batch(recwarn):
     """An untrained network predicts zero noise, so the validation noise MAE is E|N(0, 1)| = 0.798."""
     from diffusion_keras import backend
+    from diffusion_keras.config import ModelConfig, OptimizationConfig
     from diffusion_keras.training import build_model
 
     images = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
-    model = build_model(16, 3, widths=(8, 16), block_depth=1, learning_rate=0.0)
+    model = build_model(ModelConfig(image_size=16, widths=(8, 16), block_depth=1),
+                        OptimizationConfig(learning_rate=0.0))
     model.normalizer.adapt(images)
     validation = backend.as_fit_input(ImageBatches(images, 8, flip=False, shuffle=False))
     for _ in range(2):  # the second pass reuses Keras' validation iterator

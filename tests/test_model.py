@@ -150,7 +150,7 @@ def test_prediction_targets_share_the_denoiser_contract():
 @pytest.mark.parametrize("kwargs, message", [
     ({"formulation": "score"}, "formulation"),
     ({"timesteps": 0}, "timesteps"),
-    ({"prediction": "score"}, "prediction target"),
+    ({"prediction": "score"}, "unknown prediction"),
     ({"loss_function": "huber"}, "loss function"),
     ({"loss_target": "score"}, "loss target"),
 ])
@@ -167,10 +167,11 @@ def test_bad_sampler_settings_are_rejected_before_compiling(trained_model):
 
 
 def test_mixed_precision_trains_samples_and_round_trips(tiny_images, tmp_path):
+    from diffusion_keras.config import ModelConfig, OptimizationConfig
     from diffusion_keras.training import build_model
 
-    model = build_model(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8,
-                        precision="mixed_bfloat16", accumulate_steps=2)
+    model = build_model(ModelConfig(image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8),
+                        OptimizationConfig(precision="mixed_bfloat16", accumulate_steps=2))
     assert keras.config.dtype_policy().name == "float32", "the global policy is left alone"
     assert model.network.layers[-1].dtype_policy.name == "float32"  # the output stays float32
     assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in model.network.layers)
@@ -184,3 +185,88 @@ def test_mixed_precision_trains_samples_and_round_trips(tiny_images, tmp_path):
     loaded = keras.saving.load_model(path)
     assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in loaded.network.layers)
     np.testing.assert_allclose(loaded.generate(2, 3, seed=0), samples, atol=1e-6)
+
+
+def test_ema_warm_up_follows_the_online_weights_from_the_first_update(tiny_images):
+    """Momentum min(ema, 1 - (1 + n)^-p) after n updates: 0 for the first, so the EMA network
+    starts from the current weights instead of holding on to the initial ones."""
+    from diffusion_keras.config import ModelConfig, OptimizationConfig
+    from diffusion_keras.training import build_model
+
+    model = build_model(ModelConfig(**TINY, ema_warmup=0.75, seed=0), OptimizationConfig())
+    model.normalizer.adapt(tiny_images)
+    kernel = lambda network: np.array(network.layers[-1].kernel)  # noqa: E731 (zero-initialised: the first to move)
+    initial = kernel(model.network)
+    model.train_on_batch(tiny_images[:8])  # EMA update 0 (momentum 0) with the initial weights
+    np.testing.assert_allclose(kernel(model.ema_network), initial, rtol=1e-6)
+    after_one = kernel(model.network)
+    model.train_on_batch(tiny_images[:8])  # EMA update 1, with the weights after one step
+    momentum = 1.0 - 2.0**-0.75  # 0.41, not 0.999: the EMA already holds 59% of the new weights
+    np.testing.assert_allclose(kernel(model.ema_network),
+                               momentum * initial + (1 - momentum) * after_one, rtol=1e-5, atol=1e-7)
+    model.train_on_batch(tiny_images[:8])
+    assert float(np.asarray(model.training_steps)) == 3.0
+
+
+def test_ema_updates_once_per_optimizer_update_when_accumulating(tiny_images):
+    from diffusion_keras.config import ModelConfig, OptimizationConfig
+    from diffusion_keras.training import build_model
+
+    model = build_model(ModelConfig(**TINY, ema=0.5, seed=0), OptimizationConfig(accumulate_steps=2))
+    model.normalizer.adapt(tiny_images)
+    kernel = lambda network: np.array(network.layers[-1].kernel)  # noqa: E731 (zero-initialised: the first to move)
+    initial = kernel(model.network)
+    model.train_on_batch(tiny_images[:8])  # EMA of the initial weights; no update yet
+    model.train_on_batch(tiny_images[8:16])  # the first update happens after this batch
+    np.testing.assert_allclose(kernel(model.ema_network), initial, rtol=1e-6)
+    updated = kernel(model.network)
+    assert not np.allclose(updated, initial)
+    model.train_on_batch(tiny_images[:8])  # first batch of the next cycle: the EMA takes it in
+    expected = 0.5 * initial + 0.5 * updated
+    np.testing.assert_allclose(kernel(model.ema_network), expected, rtol=1e-5, atol=1e-7)
+    model.train_on_batch(tiny_images[8:16])  # mid-cycle: no EMA update
+    np.testing.assert_allclose(kernel(model.ema_network), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_learning_rate_warms_up_then_stays_or_decays():
+    from diffusion_keras.config import OptimizationConfig
+    from diffusion_keras.training import learning_rate_schedule
+
+    assert learning_rate_schedule(OptimizationConfig(learning_rate=2e-3), 100) == 2e-3
+    for kind, last in (("constant", 2e-3), ("cosine", 0.0)):
+        schedule = learning_rate_schedule(
+            OptimizationConfig(learning_rate=2e-3, warmup_steps=10, learning_rate_schedule=kind), 100)
+        rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 100)]
+        np.testing.assert_allclose(rates, [0.0, 1e-3, 2e-3, last], atol=1e-9)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "logit_normal", "lognormal"])
+def test_training_times_follow_their_distribution(distribution):
+    model = DiffusionModel(seed=0, time_distribution=distribution, **TINY)
+    times = keras.ops.convert_to_numpy(model.training_times(4000)).ravel()
+    assert times.min() >= 0.0 and times.max() <= 1.0
+    noise_rates, signal_rates = map(keras.ops.convert_to_numpy, model.diffusion_schedule(times))
+    log_sigmas = np.log(noise_rates / signal_rates)
+    if distribution == "uniform":
+        assert abs(times.mean() - 0.5) < 0.02
+    elif distribution == "logit_normal":
+        logits = np.log(times / (1 - times))
+        assert abs(logits.mean()) < 0.05 and abs(logits.std() - 1.0) < 0.05
+    else:  # EDM's log-normal noise levels, clipped to the schedule's range (offset cosine: -1.1..3.9)
+        inside = (log_sigmas > -1.09) & (log_sigmas < 3.89)
+        from math import erf, sqrt
+
+        from diffusion_keras.model import EDM_LOG_SIGMA_MEAN, EDM_LOG_SIGMA_STD
+        cdf = lambda x: 0.5 * (1 + erf((x - EDM_LOG_SIGMA_MEAN) / (EDM_LOG_SIGMA_STD * sqrt(2))))  # noqa: E731
+        assert abs(inside.mean() - (cdf(3.89) - cdf(-1.09))) < 0.03
+        assert abs(np.median(log_sigmas) - EDM_LOG_SIGMA_MEAN) < 0.05
+
+
+def test_min_snr_weights_cap_the_clean_image_weight_at_gamma():
+    model = DiffusionModel(seed=0, loss_weighting="min_snr", loss_function="mse", min_snr_gamma=5.0,
+                           **TINY)
+    noise_rates = np.array([0.1, 0.6, 0.99], "float32").reshape(3, 1, 1, 1)
+    signal_rates = np.sqrt(1 - noise_rates**2)
+    snrs = (signal_rates / noise_rates) ** 2
+    weights = keras.ops.convert_to_numpy(model.min_snr_weights(noise_rates, signal_rates))
+    np.testing.assert_allclose(weights, np.minimum(snrs, 5.0) / snrs, rtol=1e-5)  # epsilon space

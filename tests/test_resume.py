@@ -19,12 +19,19 @@ from PIL import Image
 
 from diffusion_keras import runs, training
 from diffusion_keras.cli import train
+from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
 from tests.conftest import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {"batch_size": 8, "widths": TINY["widths"], "block_depth": 1, "validation_split": 0.2}
 CLI_SETTINGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8",
                 "--validation-split", "0.2", "--epochs", "3"]
+
+
+def config(epochs, seed=0):
+    """The settings of CLI_SETTINGS, for the Python API."""
+    return TrainingConfig(ModelConfig(widths=TINY["widths"], block_depth=1),
+                          OptimizationConfig(epochs=epochs, batch_size=8),
+                          RunConfig(validation_split=0.2, seed=seed))
 
 
 class InterruptAt(keras.callbacks.Callback):
@@ -60,15 +67,16 @@ def assert_same_log(log, expected):
 
 def cli_config(data_dir, run_dir):
     """The config.json train.py would have written for the `reference` run."""
-    settings = vars(train.parser().parse_args(CLI_SETTINGS))
-    return {**settings, "data_dir": str(data_dir), "run_dir": run_dir, "num_images": 48}
+    saved = runs.read_json(os.path.join(run_dir, "config.json"), "run settings")
+    saved["run"].update(data_dir=str(data_dir), run_dir=run_dir)
+    return saved
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_images, tmp_path_factory):
     """An uninterrupted 3-epoch run, seed 0."""
     run_dir = runs.prepare_run_dir(str(tmp_path_factory.mktemp("reference") / "run"))
-    model = training.train(tiny_images, run_dir, 3, verbose=0, **SETTINGS)
+    model = training.train(tiny_images, run_dir, config(3), verbose=0)
     return run_dir, model
 
 
@@ -76,11 +84,11 @@ def test_same_seed_gives_the_same_log_and_grids(reference, tiny_images, tmp_path
     """(The CLI test below compares whole runs made in other processes, interrupted or not.)"""
     reference_dir, _ = reference
     run_dir = runs.prepare_run_dir(str(tmp_path / "again"))
-    training.train(tiny_images, run_dir, 1, verbose=0, **SETTINGS)
+    training.train(tiny_images, run_dir, config(1), verbose=0)
     assert_same_log(log_of(run_dir), log_of(reference_dir)[:1])
     np.testing.assert_array_equal(grid(run_dir, 1), grid(reference_dir, 1))
     other_dir = runs.prepare_run_dir(str(tmp_path / "other_seed"))
-    training.train(tiny_images, other_dir, 1, seed=1, verbose=0, **SETTINGS)
+    training.train(tiny_images, other_dir, config(1, seed=1), verbose=0)
     assert log_of(other_dir)[0]["noise_loss"] != log_of(reference_dir)[0]["noise_loss"]
     assert not np.array_equal(grid(other_dir, 1), grid(reference_dir, 1))
 
@@ -90,8 +98,7 @@ def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(referen
     reference_dir, reference_model = reference
     run_dir = runs.prepare_run_dir(str(tmp_path / "run"))
     with pytest.raises(KeyboardInterrupt):
-        training.train(tiny_images, run_dir, 3, verbose=0, callbacks=[InterruptAt(1, 2)],
-                       **SETTINGS)
+        training.train(tiny_images, run_dir, config(3), verbose=0, callbacks=[InterruptAt(1, 2)])
     # the half-trained epoch 2 left nothing behind: no checkpoint, no log row
     assert sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR))) == [
         "best.keras", "epoch_0001.keras"]
@@ -99,7 +106,7 @@ def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(referen
 
     point = runs.resume_point(run_dir)
     assert (point.epoch, len(point.history), point.skipped) == (1, 1, [])
-    model = training.train(tiny_images, run_dir, 3, verbose=0, resume_from=point, **SETTINGS)
+    model = training.train(tiny_images, run_dir, config(3), verbose=0, resume_from=point)
     assert_same_log(log_of(run_dir), log_of(reference_dir))
     for weight, expected in zip(model.weights, reference_model.weights):
         assert weight.path.split("/")[-1] == expected.path.split("/")[-1]

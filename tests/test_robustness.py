@@ -15,6 +15,7 @@ from PIL import Image
 from diffusion_keras import runs, training
 from diffusion_keras.callbacks import NonFiniteLoss
 from diffusion_keras.cli import train
+from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
 from diffusion_keras.data import load_image_folder
 from tests.conftest import TINY
 
@@ -105,8 +106,10 @@ class PoisonWeights(keras.callbacks.Callback):
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tiny_images, tmp_path):
     run_dir = runs.prepare_run_dir(str(tmp_path / "run"))
     with pytest.raises(NonFiniteLoss) as error:
-        training.train(tiny_images, run_dir, 3, batch_size=16, widths=TINY["widths"], block_depth=1,
-                       validation_split=0, verbose=0, callbacks=[PoisonWeights()])
+        settings = TrainingConfig(ModelConfig(widths=TINY["widths"], block_depth=1),
+                                  OptimizationConfig(epochs=3, batch_size=16),
+                                  RunConfig(validation_split=0.0))
+        training.train(tiny_images, run_dir, settings, verbose=0, callbacks=[PoisonWeights()])
     message = str(error.value)
     assert "training diverged (" in message and "nan" in message
     assert "at epoch 2, step 1" in message

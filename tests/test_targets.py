@@ -3,7 +3,6 @@ import pytest
 from keras import ops
 
 from diffusion_keras import targets
-from diffusion_keras.errors import UsageError
 from diffusion_keras.schedules import get_schedule
 
 RNG = np.random.default_rng(0)
@@ -13,7 +12,7 @@ TIMES = np.linspace(0.05, 1.0, 6, dtype="float32").reshape(6, 1, 1, 1)
 
 
 @pytest.mark.parametrize("target", targets.TARGETS)
-@pytest.mark.parametrize("schedule", ["offset_cosine", "linear"])
+@pytest.mark.parametrize("schedule", ["offset_cosine", "linear", "flow"])
 def test_exact_outputs_give_back_the_noise_and_image(target, schedule):
     noise_rates, signal_rates = get_schedule(schedule)(TIMES)
     noisy_images = signal_rates * IMAGES + noise_rates * NOISES
@@ -34,6 +33,24 @@ def test_velocity_is_the_rotation_of_noise_and_image():
     assert abs(velocities.std() - 1.0) < 0.2
 
 
-def test_unknown_target_names_the_choices():
-    with pytest.raises(UsageError, match="epsilon"):
-        targets.check_target("score")
+@pytest.mark.parametrize("target", targets.TARGETS)
+def test_error_scales_relate_a_target_error_to_the_clean_image_error(target):
+    noise_rates, signal_rates = get_schedule("offset_cosine")(TIMES)
+    noisy_images = signal_rates * IMAGES + noise_rates * NOISES
+    outputs = targets.target_values(NOISES, IMAGES, noise_rates, signal_rates, target)
+    _, images = targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates, target)
+    _, moved = targets.to_noises_and_images(outputs + 0.01, noisy_images, noise_rates, signal_rates,
+                                            target)
+    image_errors = np.abs(ops.convert_to_numpy(moved - images)).mean(axis=(1, 2, 3))
+    scales = ops.convert_to_numpy(targets.x0_error_scales(noise_rates, signal_rates, target)).ravel()
+    np.testing.assert_allclose(0.01 / image_errors, scales, rtol=1e-3)
+
+
+def test_flow_velocity_is_the_straight_path_derivative():
+    """On the flow schedule, x_t / (signal + noise) = (1 - t) x_0 + t epsilon: its t-derivative is
+    the flow target epsilon - x_0."""
+    times = TIMES * 0.9
+    rates = [get_schedule("flow")(times + delta) for delta in (0.0, 1e-3)]
+    paths = [(s * IMAGES + n * NOISES) / (s + n) for n, s in map(
+        lambda r: map(ops.convert_to_numpy, r), rates)]
+    np.testing.assert_allclose((paths[1] - paths[0]) / 1e-3, NOISES - IMAGES, rtol=1e-2, atol=1e-2)

@@ -2,28 +2,33 @@ import keras
 import numpy as np
 import pytest
 
+from diffusion_keras.config import ModelConfig
 from diffusion_keras.errors import UsageError
 from diffusion_keras.layers import SinusoidalEmbedding
 from diffusion_keras.unet import build_unet
 
 
+def unet(**settings):
+    return build_unet(ModelConfig(**settings))
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_output_is_shaped_like_the_input(channels):
-    network = build_unet(16, channels, widths=(8, 16, 24), block_depth=1, embedding_dims=8)
+    network = unet(image_size=16, channels=channels, widths=(8, 16, 24), block_depth=1, embedding_dims=8)
     images = np.random.rand(2, 16, 16, channels).astype("float32")
     variances = np.full((2, 1, 1, 1), 0.5, "float32")
     assert network([images, variances]).shape == (2, 16, 16, channels)
 
 
 def test_untrained_network_predicts_zero_noise():
-    network = build_unet(8, 3, widths=(8, 16), block_depth=1, embedding_dims=8)
+    network = unet(image_size=8, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8)
     output = network([np.random.rand(2, 8, 8, 3), np.full((2, 1, 1, 1), 0.3)])
     assert float(keras.ops.max(keras.ops.abs(output))) == 0.0
 
 
 def test_image_size_must_divide_by_the_downsampling_factor():
     with pytest.raises(UsageError, match="not divisible by 4"):
-        build_unet(18, 3, widths=(8, 16, 32))
+        unet(image_size=18, channels=3, widths=(8, 16, 32))
 
 
 def test_embedding_layer_config_round_trips():
@@ -36,16 +41,16 @@ def test_embedding_layer_config_round_trips():
 
 
 def test_default_options_build_the_keras_io_network():
-    plain = build_unet(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8)
-    explicit = build_unet(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8,
-                          attention_resolutions=(), norm="batch", embedding="input", dropout=0.0)
+    plain = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8)
+    explicit = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8,
+                    attention_resolutions=(), norm="batch", embedding="input", dropout=0.0)
     assert [w.shape for w in plain.weights] == [w.shape for w in explicit.weights]
     kinds = {layer.__class__.__name__ for layer in plain.layers}
     assert "BatchNormalization" in kinds and "MultiHeadAttention" not in kinds
 
 
 def test_ddpm_style_options_build_attention_groupnorm_and_per_block_embedding():
-    network = build_unet(16, 3, widths=(8, 16), block_depth=1, embedding_dims=8,
+    network = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8,
                          attention_resolutions=(8,), norm="group", embedding="every", dropout=0.1)
     kinds = [layer.__class__.__name__ for layer in network.layers]
     assert "MultiHeadAttention" in kinds and "GroupNormalization" in kinds
@@ -69,4 +74,4 @@ def test_ddpm_style_options_build_attention_groupnorm_and_per_block_embedding():
 ])
 def test_bad_unet_options_are_rejected_with_the_value(kwargs, message):
     with pytest.raises(UsageError, match=message):
-        build_unet(16, 3, widths=(8, 16), block_depth=1, **kwargs)
+        unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, **kwargs)

@@ -11,7 +11,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and every default shown in --help."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(**kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -37,12 +38,14 @@ positive_float = positive(float, "number")
 
 
 def int_list(text):
-    """argparse type: comma-separated positive integers, e.g. 32,64,96,128."""
+    """argparse type: comma-separated positive integers, e.g. 32,64,96,128 ('' for none)."""
+    if not text.strip():
+        return []
     try:
         values = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
+    if min(values) < 1:
         raise argparse.ArgumentTypeError(f"must be positive integers, got {text!r}")
     return values
 

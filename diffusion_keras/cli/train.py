@@ -1,163 +1,207 @@
-"""python train.py: train a diffusion model and leave a run folder behind."""
+"""python train.py: train a diffusion model and leave a run folder behind.
 
-import functools
+Every flag sets one field of a `config.TrainingConfig` section (its `dest` is "section.field"), so
+the settings' defaults live in `config.py` only; `--config FILE` starts from a saved config instead.
+"""
+
+import argparse
 import os
 import signal
 import sys
 
+from diffusion_keras import config as settings
 from diffusion_keras.cli import Parser, int_list, positive_int, run
-from diffusion_keras.data import TFDS_DATASETS, load_images
 from diffusion_keras.errors import UsageError
-from diffusion_keras.layers import NORMALIZATIONS
-from diffusion_keras.model import FORMULATIONS, LOSSES
-from diffusion_keras.schedules import SCHEDULES
-from diffusion_keras.targets import TARGETS
-from diffusion_keras.unet import DEFAULT_WIDTHS, EMBEDDINGS, check_image_size
 
-RESUME_CHANGEABLE = ("resume", "epochs", "plot_every", "keep_checkpoints")
+RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints")
+
+
+def shown(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def add(group, flag, section, help, field=None, **kwargs):
+    """A flag for `section.field`: absent from the parsed namespace unless given, so a config file
+    and the dataclass defaults stay underneath; --help shows the default from `config.py`."""
+    field = field or flag[2:].replace("-", "_")
+    default = getattr(settings.SECTIONS[section](), field)
+    if default is not None and kwargs.get("action") != "store_const":
+        help = f"{help} (default: {shown(default)})"
+    group.add_argument(flag, dest=f"{section}.{field}", default=argparse.SUPPRESS, help=help,
+                       **kwargs)
 
 
 def parser():
-    p = Parser(
-        description="Train a denoising diffusion model (DDIM) on images.",
-    )
+    p = Parser(description="Train a denoising diffusion model on images.",
+               formatter_class=argparse.HelpFormatter)
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                   help="start from the settings in a JSON file (a run's config.json, or sections "
+                        "'model', 'optimization', 'run' written by hand); flags override it")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="cifar10", choices=TFDS_DATASETS,
-                      help="tensorflow-datasets dataset (ignored with --data-dir)")
-    data.add_argument("--data-dir", help="folder of images (searched recursively) to train on")
-    data.add_argument("--image-size", type=positive_int, default=32, help="square image size")
-    data.add_argument("--limit", type=positive_int, help="train on a seeded random N-image subset")
-    data.add_argument("--no-flip", action="store_true",
-                      help="disable random horizontal flips (on for natural images)")
-    data.add_argument("--validation-split", type=float, default=0.05,
-                      help="fraction held out to score the EMA network each epoch")
+    add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
+        choices=settings.DATASETS)
+    add(data, "--data-dir", "run", "folder of images (searched recursively) to train on")
+    add(data, "--image-size", "model", "square image size", type=positive_int)
+    add(data, "--limit", "run", "train on a seeded random N-image subset", type=positive_int)
+    add(data, "--no-flip", "run", "disable random horizontal flips (on for natural images)",
+        field="flip", action="store_const", const=False)
+    add(data, "--validation-split", "run", "fraction held out to score the EMA network each epoch",
+        type=float)
     arch = p.add_argument_group("architecture")
-    arch.add_argument("--widths", type=int_list, default=list(DEFAULT_WIDTHS),
-                      help="U-Net channel widths per resolution, comma-separated")
-    arch.add_argument("--block-depth", type=positive_int, default=2,
-                      help="residual blocks per resolution")
-    arch.add_argument("--schedule", choices=sorted(SCHEDULES),
-                      help="diffusion schedule (default: offset_cosine; linear with --formulation ddpm)")
-    arch.add_argument("--formulation", default="continuous", choices=FORMULATIONS,
-                      help="continuous times in [0, 1] (DDIM) or integer timesteps (DDPM)")
-    arch.add_argument("--timesteps", type=positive_int, default=1000,
-                      help="DDPM discrete timesteps T (with --formulation ddpm)")
-    arch.add_argument("--prediction", default="epsilon", choices=TARGETS,
-                      help="what the network predicts: noise, clean image or velocity")
-    arch.add_argument("--loss", default="mae", choices=LOSSES, help="training loss")
-    arch.add_argument("--loss-target", default="epsilon", choices=TARGETS,
-                      help="the space the loss is measured in")
-    arch.add_argument("--attention-resolutions", type=int_list, default=[],
-                      help="feature-map sides with self-attention, comma-separated (e.g. 16)")
-    arch.add_argument("--norm", default="batch", choices=NORMALIZATIONS,
-                      help="normalisation in the residual blocks")
-    arch.add_argument("--embedding", default="input", choices=EMBEDDINGS,
-                      help="noise embedding joins at the input or in every residual block")
-    arch.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
+    add(arch, "--widths", "model", "U-Net channel widths per resolution, comma-separated",
+        type=int_list)
+    add(arch, "--block-depth", "model", "residual blocks per resolution", type=positive_int)
+    add(arch, "--attention-resolutions", "model",
+        "feature-map sides with self-attention, comma-separated (e.g. 16; '' for none)",
+        type=int_list)
+    add(arch, "--norm", "model", "normalisation in the residual blocks",
+        choices=settings.NORMALIZATIONS)
+    add(arch, "--embedding", "model", "noise embedding joins at the input or in every residual block",
+        choices=settings.EMBEDDINGS)
+    add(arch, "--dropout", "model", "dropout in the residual blocks", type=float)
+    diffusion = p.add_argument_group("diffusion and loss (unset: the formulation's choice)")
+    add(diffusion, "--formulation", "model",
+        "continuous times in [0, 1] (DDIM), integer timesteps (DDPM) or rectified flow",
+        choices=settings.FORMULATIONS)
+    add(diffusion, "--schedule", "model",
+        "diffusion schedule (continuous: offset_cosine, ddpm: linear, flow: flow)",
+        choices=settings.SCHEDULES)
+    add(diffusion, "--timesteps", "model", "DDPM discrete timesteps T (with --formulation ddpm)",
+        type=positive_int)
+    add(diffusion, "--prediction", "model",
+        "what the network predicts: noise, clean image, v, or flow velocity (flow: flow; else epsilon)",
+        choices=settings.TARGETS)
+    add(diffusion, "--time-distribution", "model",
+        "how training times are drawn (flow: logit_normal; else uniform; lognormal is EDM's)",
+        choices=settings.TIME_DISTRIBUTIONS)
+    add(diffusion, "--loss", "model", "training loss (flow: mse; else mae)", field="loss_function",
+        choices=settings.LOSSES)
+    add(diffusion, "--loss-target", "model", "the space the loss is measured in (default: the "
+        "prediction's)", choices=settings.TARGETS)
+    add(diffusion, "--loss-weighting", "model", "weighting across noise levels (min_snr: Hang et al.)",
+        choices=settings.LOSS_WEIGHTINGS)
+    add(diffusion, "--min-snr-gamma", "model", "gamma of --loss-weighting min_snr", type=float)
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=positive_int, default=50, help="training epochs")
-    opt.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
-    opt.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate")
-    opt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    opt.add_argument("--ema", type=float, default=0.999, help="EMA momentum of the sampling network")
-    opt.add_argument("--clip-norm", type=float,
-                     help="clip gradients to this global norm (e.g. 1.0) if the loss diverges")
-    opt.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"],
-                     help="Keras dtype policy (default: the fastest measured here; see BENCHMARKS.md)")
-    opt.add_argument("--accumulate-steps", type=positive_int, default=1,
-                     help="average gradients over N batches per update (large batches, less memory)")
+    add(opt, "--epochs", "optimization", "training epochs", type=positive_int)
+    add(opt, "--batch-size", "optimization", "images per step", type=positive_int)
+    add(opt, "--learning-rate", "optimization", "AdamW peak learning rate", type=float)
+    add(opt, "--learning-rate-schedule", "optimization",
+        "after the warm-up: constant, or cosine decay to 0 at the last epoch",
+        choices=settings.LEARNING_RATE_SCHEDULES)
+    add(opt, "--warmup-steps", "optimization", "optimizer updates of linear learning-rate warm-up",
+        type=int)
+    add(opt, "--weight-decay", "optimization", "AdamW weight decay", type=float)
+    add(opt, "--ema", "model", "EMA momentum of the sampling network", type=float)
+    add(opt, "--ema-warmup", "model",
+        "EMA warm-up power p: momentum min(--ema, 1 - (1 + updates)^-p); 0: --ema from the start",
+        type=float)
+    add(opt, "--clip-norm", "optimization",
+        "clip gradients to this global norm (e.g. 1.0) if the loss diverges (default: off)",
+        type=float)
+    add(opt, "--precision", "optimization",
+        "Keras dtype policy (default: the fastest measured here; see BENCHMARKS.md)",
+        choices=settings.PRECISIONS)
+    add(opt, "--accumulate-steps", "optimization",
+        "average gradients over N batches per update (large batches, less memory)",
+        type=positive_int)
     out = p.add_argument_group("output")
-    out.add_argument("--run-dir", help="run folder (default: runs/<timestamp>)")
-    out.add_argument("--plot-every", type=positive_int, default=1,
-                     help="save a sample grid every N epochs")
-    out.add_argument("--keep-checkpoints", type=positive_int, default=3,
-                     help="epoch checkpoints to keep (best.keras is kept as well)")
-    out.add_argument("--seed", type=int, default=0, help="seed for data order, noise and samples")
-    out.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
-                     help="continue an interrupted run after its last completed epoch (the newest "
-                          "run under runs/ without RUN_DIR), with its saved settings; only --epochs, "
-                          "--plot-every and --keep-checkpoints may change")
+    add(out, "--run-dir", "run", "run folder (default: runs/<timestamp>)")
+    add(out, "--plot-every", "run", "save a sample grid every N epochs", type=positive_int)
+    add(out, "--keep-checkpoints", "run", "epoch checkpoints to keep (best.keras is kept as well)",
+        type=positive_int)
+    add(out, "--seed", "run", "seed for data order, noise and samples", type=int)
+    p.add_argument("--resume", nargs="?", const="", default=argparse.SUPPRESS, metavar="RUN_DIR",
+                   help="continue an interrupted run after its last completed epoch (the newest "
+                        "run under runs/ without RUN_DIR), with its saved settings; only --epochs, "
+                        "--plot-every and --keep-checkpoints may change")
     return p
 
 
-def model_options(args):
-    """The settings beyond the basic architecture (formulation, target, U-Net, precision)."""
-    return {"formulation": args.formulation, "timesteps": args.timesteps,
-            "prediction": args.prediction, "loss_function": args.loss,
-            "loss_target": args.loss_target, "attention_resolutions": args.attention_resolutions,
-            "norm": args.norm, "embedding": args.embedding, "dropout": args.dropout,
-            "precision": args.precision, "accumulate_steps": args.accumulate_steps}
+def given_settings(args):
+    """{section: {field: value}} of the settings flags given on the command line."""
+    changes = {}
+    for dest, value in vars(args).items():
+        if "." in dest:
+            section, field = dest.split(".")
+            changes.setdefault(section, {})[field] = value
+    return changes
 
 
+def flag_name(section, field):
+    for action in parser()._actions:
+        if action.dest == f"{section}.{field}":
+            return action.option_strings[0]
+    return f"{section}.{field}"
 
-def resumed_args(args, argv):
-    """The settings saved in the resumed run's config.json, with the changeable flags of `argv`."""
+
+def resumed_config(args):
+    """The run folder and the settings saved in its config.json, with the changeable flags applied."""
     from diffusion_keras import runs
 
     run_dir = args.resume or runs.newest_run()
-    config = runs.read_json(os.path.join(run_dir, "config.json"), "run settings")
-    saved = parser()
-    saved.set_defaults(**config)
-    merged = saved.parse_args(argv)
-    changed = [name for name, value in vars(merged).items()
-               if name in config and name not in RESUME_CHANGEABLE and value != config[name]]
-    if changed:
-        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+    saved = settings.read_config(os.path.join(run_dir, "config.json"))
+    changes = given_settings(args)
+    changed = [(section, field) for section, values in changes.items()
+               for field, value in values.items()
+               if f"{section}.{field}" not in RESUME_CHANGEABLE
+               and value != getattr(getattr(saved, section), field)]
+    if changed or hasattr(args, "config"):
+        flags = ", ".join([flag_name(*name) for name in changed] +
+                          (["--config"] if hasattr(args, "config") else []))
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
                          "(only --epochs, --plot-every and --keep-checkpoints may change)")
-    merged.run_dir = run_dir
-    return merged
+    return run_dir, saved.updated(changes)
 
 
 def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def open_run(args, argv):
+def config_from_args(args):
+    """A new run's settings: the defaults, or the --config file, with the given flags on top."""
+    base = settings.read_config(args.config) if hasattr(args, "config") else settings.TrainingConfig()
+    return base.updated(given_settings(args))
+
+
+def open_run(args):
     """The settings, run folder and resume point (None for a new run), checked before any data."""
     from diffusion_keras import runs
 
-    if args.resume is None:
-        check_image_size(args.image_size, args.widths)
-        run_dir = runs.prepare_run_dir(args.run_dir) if args.run_dir else runs.new_run_dir()
-        return args, run_dir, None
-    args = resumed_args(args, argv)
-    run_dir = runs.prepare_run_dir(args.run_dir)
+    if not hasattr(args, "resume"):
+        config = config_from_args(args)
+        run_dir = config.run.run_dir
+        run_dir = runs.prepare_run_dir(run_dir) if run_dir else runs.new_run_dir()
+        return config.updated({"run": {"run_dir": run_dir}}), None
+    run_dir, config = resumed_config(args)
+    run_dir = runs.prepare_run_dir(run_dir)
     resume_from = runs.resume_point(run_dir)
     for _, reason in resume_from.skipped:
         print(f"warning: {reason}; skipping it", file=sys.stderr)
-    if args.epochs <= resume_from.epoch:
+    if config.optimization.epochs <= resume_from.epoch:
         raise UsageError(f"run {run_dir!r} has completed {resume_from.epoch} of --epochs "
-                         f"{args.epochs}; pass a larger --epochs to train it further")
-    return args, run_dir, resume_from
+                         f"{config.optimization.epochs}; pass a larger --epochs to train it further")
+    return config.updated({"run": {"run_dir": run_dir}}), resume_from
 
 
-def fit_run(args, run_dir, resume_from):
+def fit_run(config, resume_from):
     from diffusion_keras import runs, training
+    from diffusion_keras.data import load_images
 
-    images = load_images(args.image_size, args.dataset, args.data_dir, args.limit, args.seed)
-    if resume_from is not None and len(images) != args.num_images:
-        print(f"warning: the data now has {len(images)} images, the run started with "
-              f"{args.num_images}; the resumed run will not match an uninterrupted one",
-              file=sys.stderr)
-    flip = not args.no_flip and (args.data_dir is not None or args.dataset not in (
-        "mnist", "fashion_mnist"))
-    runs.write_json(os.path.join(run_dir, "config.json"), {
-        **vars(args), "resume": None, "channels": int(images.shape[-1]), "num_images": len(images),
-        "flip": flip,
-    })
-    if resume_from is None:
-        print(f"training on {len(images)} images of shape {images.shape[1:]}; run folder {run_dir}")
+    run, run_dir = config.run, config.run.run_dir
+    images = load_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed)
+    if resume_from is not None:
+        started_with = runs.read_json(os.path.join(run_dir, "config.json"), "run settings").get(
+            "num_images")
+        if started_with is not None and len(images) != started_with:
+            print(f"warning: the data now has {len(images)} images, the run started with "
+                  f"{started_with}; the resumed run will not match an uninterrupted one",
+                  file=sys.stderr)
+        print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
     else:
-        print(f"resuming {run_dir} after epoch {resume_from.epoch} of {args.epochs}")
-    training.train(
-        images, run_dir, args.epochs, args.batch_size, args.widths, args.block_depth,
-        args.schedule, args.ema, args.learning_rate, args.weight_decay, args.seed, flip,
-        args.validation_split, args.plot_every, args.keep_checkpoints,
-        verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
-        clip_norm=args.clip_norm, resume_from=resume_from,
-        model_options=model_options(args),
-    )
+        print(f"training on {len(images)} images of shape {images.shape[1:]}; run folder {run_dir}")
+    training.train(images, run_dir, config,
+                   verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
+                   resume_from=resume_from)
 
 
 def what_is_saved(run_dir):
@@ -170,13 +214,14 @@ def what_is_saved(run_dir):
             f"resume with: python train.py --resume {run_dir}")
 
 
-def train_from_args(args, argv=None):
+def train_from_args(args):
     from diffusion_keras import runs
 
-    args, run_dir, resume_from = open_run(args, argv)
+    config, resume_from = open_run(args)
+    run_dir = config.run.run_dir
     previous_handler = signal.signal(signal.SIGTERM, interrupt)  # a scheduler's kill = Ctrl-C
     try:
-        fit_run(args, run_dir, resume_from)
+        fit_run(config, resume_from)
     except KeyboardInterrupt:
         print(f"interrupted: {what_is_saved(run_dir)}", file=sys.stderr)
         return 130
@@ -191,7 +236,7 @@ def train_from_args(args, argv=None):
 
 
 def main(argv=None):
-    return run(functools.partial(train_from_args, argv=argv), parser().parse_args(argv))
+    return run(train_from_args, parser().parse_args(argv))
 
 
 if __name__ == "__main__":

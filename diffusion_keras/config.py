@@ -1,0 +1,263 @@
+"""Settings, in one home: what the model is, how it is optimised, and what a run reads and writes.
+
+`ModelConfig` is exactly what `DiffusionModel.get_config()` adds to Keras' own config;
+`OptimizationConfig` builds the optimizer and its learning-rate schedule; `RunConfig` holds the data
+and the run folder. `TrainingConfig` bundles the three as `config.json` stores them, `train.py
+--config FILE` reads them (flags override), `--resume` reads them back, and Python users pass them to
+`training.train`. Every default is written here once; every value is checked here, before any data
+is loaded or any folder is made.
+"""
+
+import dataclasses
+import json
+import math
+
+from diffusion_keras.errors import UsageError
+
+FORMULATIONS = ("continuous", "ddpm", "flow")
+SCHEDULES = ("linear", "cosine", "offset_cosine", "flow")
+TARGETS = ("epsilon", "x0", "v", "flow")
+LOSSES = ("mae", "mse")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "lognormal")
+NORMALIZATIONS = ("batch", "group")
+EMBEDDINGS = ("input", "every")
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DATASETS = ("cifar10", "mnist", "fashion_mnist", "oxford_flowers102")
+
+# What a formulation means when a setting is left at None (Ho et al. 2020; Lipman et al. 2023 and
+# Esser et al. 2024 for flow: the straight path between data and noise, velocity target, MSE,
+# logit-normal times).
+FORMULATION_DEFAULTS = {
+    "continuous": {"schedule": "offset_cosine", "prediction": "epsilon", "loss_function": "mae",
+                   "time_distribution": "uniform"},
+    "ddpm": {"schedule": "linear", "prediction": "epsilon", "loss_function": "mae",
+             "time_distribution": "uniform"},
+    "flow": {"schedule": "flow", "prediction": "flow", "loss_function": "mse",
+             "time_distribution": "logit_normal"},
+}
+
+
+def _choice(value, choices, what):
+    if value not in choices:
+        raise UsageError(f"unknown {what} {value!r}; choose one of {list(choices)}")
+
+
+def _number(value, what, low=None, high=None, low_open=False, high_open=False, allow_none=False):
+    """A finite number in the given range, or a one-line UsageError naming the value."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{what} must be a finite number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if low == 0 and high is None and too_low:
+        raise UsageError(f"{what} must be {'positive' if low_open else 'non-negative'}, got {value}")
+    if too_low or too_high:
+        span = (f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+        raise UsageError(f"{what} must be in {span}, got {value}")
+
+
+def _positive_int(value, what, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{what} must be a positive integer, got {value!r}")
+
+
+class _Section:
+    """Dict round trips with one-line errors for unknown keys (a typo in a config file)."""
+
+    @classmethod
+    def field_names(cls):
+        return [field.name for field in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values, where="config"):
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise UsageError(f"unknown setting(s) {unknown} in {where}; known: {cls.field_names()}")
+        return cls(**values)
+
+    def to_dict(self):
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The network, the diffusion it learns and the EMA copy sampled from; saved in the `.keras`."""
+
+    # architecture
+    image_size: int = 32
+    channels: int = 3
+    widths: tuple = (32, 64, 96, 128)
+    block_depth: int = 2
+    embedding_dims: int = 32
+    embedding_max_frequency: float = 1000.0
+    attention_resolutions: tuple = ()
+    norm: str = "batch"
+    embedding: str = "input"
+    dropout: float = 0.0
+    # diffusion (None: the formulation's default, see FORMULATION_DEFAULTS)
+    formulation: str = "continuous"
+    schedule: str | None = None
+    timesteps: int = 1000
+    prediction: str | None = None
+    time_distribution: str | None = None
+    # loss
+    loss_function: str | None = None
+    loss_target: str | None = None  # None: the prediction's own space
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+    # sampling network
+    ema: float = 0.999
+    ema_warmup: float = 0.0  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name in ("widths", "attention_resolutions"):
+            object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
+        _positive_int(self.image_size, "image size")
+        if self.channels not in (1, 3):
+            raise UsageError(f"channels must be 1 or 3, got {self.channels}")
+        if not self.widths or min(self.widths) < 1:
+            raise UsageError(f"widths must be positive integers, got {list(self.widths)}")
+        factor = 2 ** (len(self.widths) - 1)
+        if self.image_size % factor:
+            raise UsageError(
+                f"image size {self.image_size} is not divisible by {factor} (2^(number of widths - 1) "
+                f"for widths {list(self.widths)}); use a multiple of {factor} or fewer widths")
+        _positive_int(self.block_depth, "block depth")
+        _positive_int(self.embedding_dims, "embedding dims")
+        _choice(self.norm, NORMALIZATIONS, "normalization")
+        _choice(self.embedding, EMBEDDINGS, "embedding injection")
+        _number(self.dropout, "dropout", 0, 1, high_open=True)
+        _choice(self.formulation, FORMULATIONS, "formulation")
+        _positive_int(self.timesteps, "timesteps")
+        for name, choices in (("schedule", SCHEDULES), ("prediction", TARGETS),
+                              ("time_distribution", TIME_DISTRIBUTIONS), ("loss_function", LOSSES),
+                              ("loss_target", TARGETS)):
+            if getattr(self, name) is not None:
+                _choice(getattr(self, name), choices, name.replace("_", " "))
+        _choice(self.loss_weighting, LOSS_WEIGHTINGS, "loss weighting")
+        _number(self.min_snr_gamma, "min-SNR gamma", 0, low_open=True)
+        _number(self.ema, "ema momentum", 0, 1, high_open=True)
+        _number(self.ema_warmup, "ema warm-up power", 0)
+        if self.formulation == "ddpm" and self.time_distribution not in (None, "uniform"):
+            raise UsageError("the ddpm formulation draws its integer timesteps uniformly; "
+                             "drop --time-distribution or use --formulation continuous")
+
+    def resolved(self):
+        """This config with every None replaced by what the formulation means by it."""
+        defaults = FORMULATION_DEFAULTS[self.formulation]
+        changes = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        resolved = self.replace(**changes)
+        if resolved.loss_target is None:
+            resolved = resolved.replace(loss_target=resolved.prediction)
+        return resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationConfig(_Section):
+    """AdamW, its learning-rate schedule, precision and gradient accumulation."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    learning_rate_schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 1e-4
+    clip_norm: float | None = None
+    precision: str | None = None  # None: the fastest measured for the backend and machine
+    accumulate_steps: int = 1
+
+    def __post_init__(self):
+        _positive_int(self.epochs, "epochs")
+        _positive_int(self.batch_size, "batch size")
+        _number(self.learning_rate, "learning rate", 0)
+        _choice(self.learning_rate_schedule, LEARNING_RATE_SCHEDULES, "learning-rate schedule")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or self.warmup_steps < 0:
+            raise UsageError(f"warm-up steps must be a non-negative integer, got {self.warmup_steps!r}")
+        _number(self.weight_decay, "weight decay", 0)
+        _number(self.clip_norm, "gradient clip norm", 0, low_open=True, allow_none=True)
+        if self.precision is not None:
+            _choice(self.precision, PRECISIONS, "precision")
+        _positive_int(self.accumulate_steps, "accumulate steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Section):
+    """Where the images come from and where the run writes."""
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    limit: int | None = None
+    flip: bool | None = None  # None: on, except for digit datasets
+    validation_split: float = 0.05
+    run_dir: str | None = None
+    plot_every: int = 1
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        _choice(self.dataset, DATASETS, "dataset")
+        _positive_int(self.limit, "limit", allow_none=True)
+        _number(self.validation_split, "validation split", 0, 1, high_open=True)
+        _positive_int(self.plot_every, "plot every")
+        _positive_int(self.keep_checkpoints, "keep checkpoints")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UsageError(f"seed must be an integer, got {self.seed!r}")
+
+    def resolved_flip(self):
+        if self.flip is not None:
+            return self.flip
+        return self.data_dir is not None or self.dataset not in ("mnist", "fashion_mnist")
+
+
+SECTIONS = {"model": ModelConfig, "optimization": OptimizationConfig, "run": RunConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The three sections together, as `config.json` holds them."""
+
+    model: ModelConfig = ModelConfig()
+    optimization: OptimizationConfig = OptimizationConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self):
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data, where="config"):
+        if not isinstance(data, dict):
+            raise UsageError(f"{where} must hold a JSON object with sections {list(SECTIONS)}")
+        unknown = sorted(set(data) - set(SECTIONS) - {"num_images"})
+        if unknown:
+            raise UsageError(f"unknown section(s) {unknown} in {where}; known: {list(SECTIONS)}")
+        return cls(**{name: section.from_dict(data.get(name, {}), f"{where} [{name}]")
+                      for name, section in SECTIONS.items()})
+
+    def updated(self, changes):
+        """A copy with `changes` ({section: {setting: value}}) applied."""
+        return TrainingConfig(**{name: getattr(self, name).replace(**changes.get(name, {}))
+                                 for name in SECTIONS})
+
+
+def read_config(path):
+    """A TrainingConfig from a JSON file (a run's config.json, or one written by hand)."""
+    try:
+        with open(path) as file:
+            data = json.load(file)
+    except OSError as error:
+        raise UsageError(f"cannot read config file {path!r} ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"config file {path!r} is not valid JSON ({error.msg}, line {error.lineno})"
+                         ) from None
+    return TrainingConfig.from_dict(data, path)

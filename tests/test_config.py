@@ -1,0 +1,87 @@
+"""Settings in one home: round trips, the formulation's defaults, files with flags on top."""
+
+import json
+import re
+
+import pytest
+
+from diffusion_keras.cli import train
+from diffusion_keras.config import (
+    FORMULATION_DEFAULTS,
+    ModelConfig,
+    OptimizationConfig,
+    RunConfig,
+    TrainingConfig,
+    read_config,
+)
+from diffusion_keras.errors import UsageError
+from tests.conftest import TINY
+
+
+def test_training_config_round_trips_through_json():
+    config = TrainingConfig(ModelConfig(widths=(8, 16), attention_resolutions=(8,), ema_warmup=0.75),
+                            OptimizationConfig(epochs=3, learning_rate_schedule="cosine"),
+                            RunConfig(data_dir="images", seed=4))
+    assert TrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_model_config_is_exactly_what_the_model_saves():
+    from diffusion_keras import DiffusionModel
+
+    model = DiffusionModel(ModelConfig(**TINY, formulation="flow"), seed=3)
+    saved = model.get_config()
+    assert {name: saved[name] for name in ModelConfig.field_names()} == model.config.to_dict()
+    assert model.config.seed == 3 and model.config.schedule == "flow"
+    assert DiffusionModel.from_config(saved).config == model.config
+
+
+@pytest.mark.parametrize("formulation", sorted(FORMULATION_DEFAULTS))
+def test_unset_settings_take_the_formulation_defaults(formulation):
+    config = ModelConfig(formulation=formulation).resolved()
+    for name, value in FORMULATION_DEFAULTS[formulation].items():
+        assert getattr(config, name) == value
+    assert config.loss_target == config.prediction
+    assert ModelConfig(formulation=formulation, prediction="v").resolved().prediction == "v"
+
+
+@pytest.mark.parametrize("section, values, message", [
+    (ModelConfig, {"ema": float("nan")}, "ema momentum must be a finite number"),
+    (ModelConfig, {"formulation": "score"}, "unknown formulation"),
+    (ModelConfig, {"loss_weighting": "snr"}, "unknown loss weighting"),
+    (ModelConfig, {"formulation": "ddpm", "time_distribution": "lognormal"}, "integer timesteps"),
+    (OptimizationConfig, {"learning_rate": -1.0}, "learning rate must be non-negative"),
+    (OptimizationConfig, {"warmup_steps": -1}, "warm-up steps"),
+    (RunConfig, {"validation_split": 1.0}, "validation split must be in [0, 1)"),
+])
+def test_bad_values_are_refused_in_one_line(section, values, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        section(**values)
+
+
+def test_a_config_file_with_flags_on_top(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": {"widths": [8, 16], "formulation": "flow"},
+                                "optimization": {"epochs": 7, "batch_size": 16}}))
+    config = train.config_from_args(train.parser().parse_args(
+        ["--config", str(path), "--epochs", "3", "--ema-warmup", "0.5"]))
+    assert config.optimization == OptimizationConfig(epochs=3, batch_size=16)
+    assert config.model == ModelConfig(widths=(8, 16), formulation="flow", ema_warmup=0.5)
+    assert config.run == RunConfig()
+
+
+def test_a_config_file_with_an_unknown_setting_names_it(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": {"width": [8, 16]}}))
+    with pytest.raises(UsageError, match=r"unknown setting\(s\) \['width'\]"):
+        read_config(str(path))
+    path.write_text("{")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        read_config(str(path))
+
+
+def test_help_shows_defaults_from_the_config_once(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: 32,64,96,128)" in text and "(default: 0.999)" in text
+    assert "(default: None)" not in text and "[32, 64" not in text
