@@ -8,6 +8,7 @@ floor and ceiling in BENCHMARKS.md, and are not comparable with published FIDs.
 `CIFAR10_FEATURES_INFO`).
 """
 
+import hashlib
 import json
 import os
 
@@ -61,6 +62,12 @@ def cifar10_classifier(weights=CIFAR10_FEATURES_WEIGHTS):
     classifier = build_classifier()
     classifier.load_weights(weights)
     return keras.Model(classifier.inputs, classifier.outputs[1], name="cifar10_logits")
+
+
+def weights_digest(weights=CIFAR10_FEATURES_WEIGHTS):
+    """A short hash of the weights file: cached real-image statistics are only reused with it."""
+    with open(weights, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()[:16]
 
 
 def info():

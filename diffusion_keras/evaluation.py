@@ -1,18 +1,23 @@
 """Evaluate a checkpoint: KID and FID of EMA samples against real images, with cached references.
 
 The real-image pass (load, extract, accumulate) is the slow half and never changes for a dataset, so
-its statistics are cached on disk under a key naming everything they depend on.
+its statistics are cached on disk under a key naming everything they depend on. Without InceptionV3
+weights, CIFAR-10-like models are scored in the project's own CIFAR-10 classifier features instead
+(`cifar10_features`): the same two distances, named FD-cifar10 and KD-cifar10.
 """
 
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
 
-from diffusion_keras import backend, metrics, runs
+from diffusion_keras import backend, cifar10_features, metrics, runs
 from diffusion_keras.data import load_image_folder, load_tfds
 from diffusion_keras.errors import UsageError
+
+log = logging.getLogger("diffusion_keras")
 
 
 def default_cache_dir():
@@ -26,9 +31,40 @@ def extract_features(extractor, images, batch_size):
                            for start in range(0, len(images), batch_size)])
 
 
-def reference_key(source, image_size, channels, inception_weights, inception_size, limit,
+FEATURES = ("auto", "inception", "cifar10")
+# what the two distances are called in each feature space: never "FID" outside InceptionV3's
+METRIC_NAMES = {"inception": ("kid", "fid"), "cifar10": ("kd_cifar10", "fd_cifar10")}
+
+
+def is_cifar10_like(channels, image_size):
+    return channels == 3 and image_size == cifar10_features.IMAGE_SIZE
+
+
+def feature_extractor(features, channels, image_size, inception_weights="imagenet",
+                      inception_size=metrics.INCEPTION_SIZE):
+    """(feature space name, extractor). "auto": InceptionV3 when its weights can be had, else the
+    CIFAR-10 classifier's features for 32x32 RGB images (with a warning saying so)."""
+    if features not in FEATURES:
+        raise UsageError(f"unknown features {features!r}; choose one of {list(FEATURES)}")
+    if features == "cifar10":
+        return "cifar10", cifar10_features.cifar10_extractor(channels)
+    try:
+        return "inception", metrics.inception_extractor(channels, inception_size, inception_weights)
+    except UsageError as error:
+        if features == "inception" or not is_cifar10_like(channels, image_size):
+            raise
+        log.warning("%s; scoring in the CIFAR-10 classifier's features instead (FD-cifar10 and "
+                    "KD-cifar10, not FID and KID)", str(error).split(";")[0])
+        return "cifar10", cifar10_features.cifar10_extractor(channels)
+
+
+def reference_key(source, image_size, channels, features, inception_weights, inception_size, limit,
                   kid_images):
     """Everything the real-image statistics depend on; random weights also depend on the backend."""
+    if features == "cifar10":
+        return {"source": source, "image_size": image_size, "channels": channels,
+                "features": "cifar10", "weights": cifar10_features.weights_digest(),
+                "limit": limit, "kid_images": kid_images}
     weights = inception_weights if inception_weights in ("imagenet", None) else os.path.abspath(
         inception_weights)
     return {"source": source, "image_size": image_size, "channels": channels,
@@ -73,8 +109,10 @@ def result_path(checkpoint, num_images, diffusion_steps):
 def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10", split="train",
              data_dir=None, limit=None, inception_weights="imagenet",
              inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=None, seed=0,
-             cache_dir=None, extractor=None):
-    """KID and FID of `num_images` EMA samples (`diffusion_steps` DDIM steps) against real images.
+             cache_dir=None, extractor=None, features="auto"):
+    """KID and FID of `num_images` EMA samples (`diffusion_steps` DDIM steps) against real images,
+    in InceptionV3's features or (`features="cifar10"`, or "auto" without Inception weights) the
+    CIFAR-10 classifier's, where they are named KD-cifar10 and FD-cifar10.
 
     Real images come from `data_dir` or the tfds `dataset` `split`. KID uses the first `kid_images`
     samples and a seeded subset of as many real images. The result is also saved as JSON next to the
@@ -85,7 +123,11 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     model = runs.load_checkpoint(checkpoint)
     batch_size = batch_size or backend.default_sample_batch_size()
     if extractor is None:
-        extractor = metrics.inception_extractor(model.config.channels, inception_size, inception_weights)
+        features, extractor = feature_extractor(features, model.config.channels,
+                                                model.config.image_size, inception_weights,
+                                                inception_size)
+    elif features == "auto":
+        features = "inception"
     source = ({"data_dir": os.path.abspath(data_dir)} if data_dir is not None
               else {"dataset": dataset, "split": split})
 
@@ -94,8 +136,8 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
             return load_image_folder(data_dir, model.config.image_size, model.config.channels, limit, seed)
         return load_tfds(dataset, model.config.image_size, split, limit, seed)
 
-    key = reference_key(source, model.config.image_size, model.config.channels, inception_weights,
-                        inception_size, limit, kid_images)
+    key = reference_key(source, model.config.image_size, model.config.channels, features,
+                        inception_weights, inception_size, limit, kid_images)
     real, real_kid_features, cache_path, reused = reference_statistics(
         load_real_images, key, extractor, cache_dir or default_cache_dir(), batch_size, seed)
 
@@ -106,20 +148,22 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
         count = min(batch_size, num_images - start)
         noises = rng.standard_normal((count, *model.image_shape), dtype=np.float32)
         images = model.generate(count, diffusion_steps, initial_noise=noises, batch_size=batch_size)
-        features = extract_features(extractor, images, batch_size)
-        generated.update(features)
-        generated_kid_features += list(features[:kid_images - len(generated_kid_features)])
+        sample_features = extract_features(extractor, images, batch_size)
+        generated.update(sample_features)
+        generated_kid_features += list(sample_features[:kid_images - len(generated_kid_features)])
     kid_count = min(len(real_kid_features), len(generated_kid_features))
     kid = metrics.kernel_inception_distance(real_kid_features[:kid_count],
                                             np.stack(generated_kid_features[:kid_count]))
+    kid_name, fid_name = METRIC_NAMES[features]
     result = {
-        "checkpoint": os.path.abspath(checkpoint), "kid": float(np.asarray(kid)),
-        "fid": metrics.fid(real, generated), "num_images": num_images,
+        "checkpoint": os.path.abspath(checkpoint), kid_name: float(np.asarray(kid)),
+        fid_name: metrics.fid(real, generated), "features": features, "num_images": num_images,
         "steps": diffusion_steps, "sampler": "ddim", "network": "ema", **source,
         "num_real_images": real.count, "kid_images": kid_count, "seed": seed,
-        "inception_weights": key["inception_weights"], "inception_size": inception_size,
         "reference_cache": cache_path, "reference_reused": reused,
     }
+    if features == "inception":
+        result.update(inception_weights=key["inception_weights"], inception_size=inception_size)
     result["path"] = result_path(checkpoint, num_images, diffusion_steps)
     runs.write_json(result["path"], result)
     return result

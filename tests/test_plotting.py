@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from diffusion_keras import plotting
-from diffusion_keras.schedules import get_schedule
+from diffusion_keras.schedules import SCHEDULES, get_schedule
 
 LOG = [{"epoch": 1, "loss": 0.8, "noise_loss": 0.8, "image_loss": 2.0, "val_loss": 0.9,
         "val_noise_loss": 0.9, "val_image_loss": 2.1},
@@ -28,7 +28,7 @@ def test_loss_curves_from_log_json_plot_each_loss_once(tmp_path):
 def test_schedule_plot_draws_signal_and_noise_rates_of_every_schedule(tmp_path):
     figure = plotting.plot_schedules(save_to=str(tmp_path / "schedules.png"))
     lines = figure.axes[0].get_lines()
-    assert len(lines) == 6
+    assert len(lines) == 2 * len(SCHEDULES)
     for signal, noise in zip(lines[::2], lines[1::2]):
         np.testing.assert_allclose(signal.get_ydata() ** 2 + noise.get_ydata() ** 2, 1.0, atol=1e-5)
     assert (tmp_path / "schedules.png").stat().st_size > 0

@@ -167,8 +167,9 @@ def test_resume_skips_a_truncated_checkpoint_and_retrains_that_epoch(reference, 
     reference_dir, _ = reference
     run_dir = str(tmp_path / "run")
     shutil.copytree(reference_dir, run_dir)
+    saved = cli_config(tiny_folder, run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as file:
-        json.dump(cli_config(tiny_folder, run_dir), file)
+        json.dump(saved, file)
     newest = runs.checkpoint_path(run_dir, 3)
     with open(newest, "r+b") as file:
         file.truncate(os.path.getsize(newest) // 2)
@@ -192,8 +193,9 @@ def test_resume_skips_a_truncated_checkpoint_and_retrains_that_epoch(reference, 
 def test_resume_refuses_what_would_not_continue_the_run(argv, message, reference, tiny_folder,
                                                         capsys):
     reference_dir, _ = reference
+    saved = cli_config(tiny_folder, reference_dir)
     with open(os.path.join(reference_dir, "config.json"), "w") as file:
-        json.dump(cli_config(tiny_folder, reference_dir), file)
+        json.dump(saved, file)
     assert train.main(["--resume", reference_dir, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -206,7 +208,7 @@ def test_resume_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     os.makedirs(tmp_path / "runs" / "broken")
     (tmp_path / "runs" / "broken" / "config.json").write_text("{")
     assert train.main(["--resume"]) == 2
-    assert "cannot read run settings" in capsys.readouterr().err
+    assert "config.json' is not valid JSON" in capsys.readouterr().err
 
 
 def test_signal_during_training_is_reported_as_interrupted(tmp_path, tiny_folder, monkeypatch,

@@ -17,6 +17,10 @@ def parser():
     p.add_argument("--split", default="train", choices=("train", "test"), help="tfds split")
     p.add_argument("--data-dir", help="folder of real images instead of a tfds dataset")
     p.add_argument("--limit", type=positive_int, help="use a seeded random N-image subset of the real images")
+    p.add_argument("--features", default="auto", choices=("auto", "inception", "cifar10"),
+                   help="feature space: InceptionV3 (FID, KID), or the project's CIFAR-10 classifier "
+                        "(FD-cifar10, KD-cifar10: offline, for 32x32 RGB models); auto: InceptionV3 "
+                        "when its weights can be had, else cifar10")
     p.add_argument("--inception-weights", default="imagenet",
                    help="'imagenet' (downloaded once), a local no-top .h5 file, or 'random' "
                         "(mechanics only: numbers not comparable)")
@@ -39,13 +43,18 @@ def evaluate_from_args(args):
     result = evaluate(
         args.checkpoint or runs.newest_checkpoint(), args.num_images, args.steps, args.dataset,
         args.split, args.data_dir, args.limit, weights, args.inception_size, args.kid_images,
-        args.batch_size, args.seed, args.cache_dir,
+        args.batch_size, args.seed, args.cache_dir, features=args.features,
     )
     real = result.get("data_dir") or f"{result['dataset']} {result['split']} split"
     reference = "reused from" if result["reference_reused"] else "cached in"
-    print(f"KID {result['kid']:.6g}  FID {result['fid']:.6g}  ({result['num_images']} images, "
-          f"{result['steps']} DDIM steps, EMA network, against {result['num_real_images']} real "
-          f"images of {real}; inception weights {result['inception_weights']})")
+    if result["features"] == "inception":
+        scores = f"KID {result['kid']:.6g}  FID {result['fid']:.6g}"
+        space = f"inception weights {result['inception_weights']}"
+    else:
+        scores = f"KD-cifar10 {result['kd_cifar10']:.6g}  FD-cifar10 {result['fd_cifar10']:.6g}"
+        space = "the project's CIFAR-10 classifier features: not comparable with FID/KID"
+    print(f"{scores}  ({result['num_images']} images, {result['steps']} DDIM steps, EMA network, "
+          f"against {result['num_real_images']} real images of {real}; {space})")
     print(f"reference statistics {reference} {result['reference_cache']}")
     print(f"wrote {result['path']}")
     return 0

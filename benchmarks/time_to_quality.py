@@ -1,0 +1,239 @@
+"""Image quality against training time: recipes trained one after another for the same wall-clock
+budget on the same images, scored in the CIFAR-10 classifier's features (FD-cifar10, KD-cifar10).
+
+    python benchmarks/time_to_quality.py --data-dir /tmp/cifar/train --minutes 20 --eval-every 5 \
+        --recipes keras-io,default --output time_to_quality
+
+Every `--eval-every` training minutes (evaluation time not counted) each recipe generates
+`--num-images` images with the same sampler, steps and initial noises, from its EMA network and its
+online network, and scores them against the features of all the training images. The floor (as
+many held-out real images, from `--test-dir`) and the ceiling (uniform noise) are scored the same
+way, so a number can be read. Results are appended to OUTPUT.jsonl as they come (an interrupted run
+keeps them); OUTPUT.md (table) and OUTPUT.png (curves) are drawn from all rows in it.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+# name -> (what it changes, settings on top of the library's defaults). "keras-io" is the 2022
+# recipe this project started from; "default" is whatever the library's defaults are now.
+KERAS_IO = {"model": {"ema": 0.999, "ema_warmup": 0.0, "norm": "batch", "formulation": "continuous",
+                      "prediction": "epsilon", "loss_function": "mae", "loss_weighting": "uniform",
+                      "time_distribution": "uniform"},
+            "optimization": {"learning_rate": 1e-3, "warmup_steps": 0,
+                             "learning_rate_schedule": "constant"}}
+RECIPES = {
+    "keras-io": ("the 2022 keras-io recipe (EMA 0.999 from step 0)", KERAS_IO),
+    "default": ("the library's current defaults", {}),
+    "ema-warmup": ("keras-io + EMA warm-up (power 3/4)", {**KERAS_IO, "model": {
+        **KERAS_IO["model"], "ema_warmup": 0.75}}),
+    "lr-warmup": ("ema-warmup + 200 steps of learning-rate warm-up, lr 2e-3", {
+        "model": {**KERAS_IO["model"], "ema_warmup": 0.75},
+        "optimization": {**KERAS_IO["optimization"], "learning_rate": 2e-3, "warmup_steps": 200}}),
+    "group-norm": ("ema-warmup + GroupNorm", {**KERAS_IO, "model": {
+        **KERAS_IO["model"], "ema_warmup": 0.75, "norm": "group"}}),
+    "min-snr": ("ema-warmup + epsilon MSE with min-SNR-5 weighting", {**KERAS_IO, "model": {
+        **KERAS_IO["model"], "ema_warmup": 0.75, "loss_function": "mse",
+        "loss_weighting": "min_snr"}}),
+    "v-mse": ("ema-warmup + v-prediction, MSE on v", {**KERAS_IO, "model": {
+        **KERAS_IO["model"], "ema_warmup": 0.75, "prediction": "v", "loss_function": "mse"}}),
+    "edm": ("ema-warmup + EDM: v-prediction MSE (= EDM preconditioning and weighting for unit-"
+            "variance data) with log-normal noise levels", {**KERAS_IO, "model": {
+                **KERAS_IO["model"], "ema_warmup": 0.75, "prediction": "v", "loss_function": "mse",
+                "time_distribution": "lognormal"}}),
+    "flow": ("ema-warmup + rectified flow (velocity, MSE, logit-normal times)", {
+        **KERAS_IO, "model": {**KERAS_IO["model"], "ema_warmup": 0.75, "formulation": "flow",
+                              "prediction": None, "loss_function": None, "time_distribution": None}}),
+}
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", help="training images (e.g. the shared CIFAR-10 train/ folder)")
+    p.add_argument("--test-dir", help="held-out real images for the floor (e.g. CIFAR-10 test/)")
+    p.add_argument("--recipes", default="keras-io,default",
+                   help=f"comma-separated, run in this order; known: {','.join(RECIPES)}")
+    p.add_argument("--minutes", type=float, default=20.0, help="training budget per recipe")
+    p.add_argument("--eval-every", type=float, default=5.0, help="training minutes between scores")
+    p.add_argument("--num-images", type=int, default=1000, help="generated images per score")
+    p.add_argument("--sampler", default="dpmpp2m")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="train on a seeded subset (tests)")
+    p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="time_to_quality", help="prefix of the .jsonl, .md and .png")
+    p.add_argument("--plot-only", action="store_true", help="redraw the table and curve, train nothing")
+    return p
+
+
+class Scorer:
+    """FD-cifar10 and KD-cifar10 against the training images' features, computed once."""
+
+    def __init__(self, real_images, batch_size=500):
+        from diffusion_keras import metrics
+        from diffusion_keras.cifar10_features import cifar10_extractor
+
+        self.metrics = metrics
+        self.extractor = cifar10_extractor(real_images.shape[-1])
+        self.batch_size = batch_size
+        real = self.features(real_images)
+        self.reference = metrics.FeatureStatistics().update(real)
+        self.reference_kid = real[np.random.default_rng(0).permutation(len(real))[:1000]]
+
+    def features(self, images):
+        return np.concatenate([np.asarray(self.extractor.predict_on_batch(
+            images[start:start + self.batch_size])) for start in range(0, len(images), self.batch_size)])
+
+    def __call__(self, images):
+        features = self.features(images)
+        statistics = self.metrics.FeatureStatistics().update(features)
+        kid = self.metrics.kernel_inception_distance(self.reference_kid, features[:1000])
+        return {"fd_cifar10": self.metrics.fid(self.reference, statistics),
+                "kd_cifar10": float(np.asarray(kid))}
+
+
+def sample(model, noises, args, network):
+    """Images from the EMA network, or from the online one (its weights lent to the EMA network)."""
+    if network == "ema":
+        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler)
+    kept = model.ema_network.get_weights()
+    model.ema_network.set_weights(model.network.get_weights())
+    try:
+        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler)
+    finally:
+        model.ema_network.set_weights(kept)
+
+
+def train_recipe(name, images, scorer, noises, args, record):
+    """Train `name` for the budget with train_on_batch (timed without the scoring pauses)."""
+    import keras
+
+    from diffusion_keras.config import TrainingConfig
+    from diffusion_keras.data import ImageBatches
+    from diffusion_keras.training import build_model
+
+    description, changes = RECIPES[name]
+    model_changes = {"image_size": images.shape[1], "channels": images.shape[-1], "seed": args.seed}
+    if args.widths:
+        model_changes["widths"] = tuple(int(width) for width in args.widths.split(","))
+    config = TrainingConfig().updated(changes).updated({
+        "model": model_changes, "optimization": {"batch_size": args.batch_size}})
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(config.model, config.optimization, len(images) // args.batch_size)
+    model.normalizer.adapt(images[:5000])
+    batches = ImageBatches(images, args.batch_size, seed=args.seed)
+    trained, steps, next_score = 0.0, 0, args.eval_every * 60
+    budget = args.minutes * 60
+    print(f"{name}: {description}", flush=True)
+    while trained < budget:
+        for index in range(len(batches)):
+            started = time.perf_counter()
+            model.train_on_batch(batches[index])
+            trained += time.perf_counter() - started
+            steps += 1
+            if trained >= next_score or trained >= budget:
+                for network in ("ema", "online"):
+                    scores = scorer(sample(model, noises, args, network))
+                    row = {"recipe": name, "network": network, "minutes": round(trained / 60, 2),
+                           "steps": steps, **scores, "description": description,
+                           "settings": {"model": model.config.to_dict(),
+                                        "optimization": config.optimization.to_dict()}}
+                    record(row)
+                    print(f"  {trained / 60:5.1f} min, {steps} steps, {network}: FD-cifar10 "
+                          f"{scores['fd_cifar10']:.2f}, KD-cifar10 {scores['kd_cifar10']:.4f}",
+                          flush=True)
+                next_score += args.eval_every * 60
+            if trained >= budget:
+                break
+        batches.on_epoch_end()
+
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def write_report(rows, prefix):
+    """OUTPUT.md: the last score of every recipe and network, and every score; OUTPUT.png: FD-cifar10
+    against training minutes, one line per recipe and network, floor and ceiling dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    references = {row["recipe"]: row for row in rows if row["network"] == "reference"}
+    runs = [row for row in rows if row["network"] != "reference"]
+    lines = ["| recipe | network | minutes | steps | FD-cifar10 | KD-cifar10 |", "|---|---|---|---|---|---|"]
+    for row in runs:
+        lines.append(f"| {row['recipe']} | {row['network']} | {row['minutes']:.1f} | {row['steps']} | "
+                     f"{row['fd_cifar10']:.2f} | {row['kd_cifar10']:.4f} |")
+    for name, row in references.items():
+        lines.append(f"| {name} | {row['description']} | | | {row['fd_cifar10']:.2f} | "
+                     f"{row['kd_cifar10']:.4f} |")
+    with open(f"{prefix}.md", "w") as file:
+        file.write("\n".join(lines) + "\n")
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for (recipe, network) in dict.fromkeys((row["recipe"], row["network"]) for row in runs):
+        points = [(row["minutes"], row["fd_cifar10"]) for row in runs
+                  if (row["recipe"], row["network"]) == (recipe, network)]
+        axis.plot(*zip(*points), marker="o", linestyle="-" if network == "ema" else ":",
+                  label=f"{recipe} ({network})")
+    for name, row in references.items():
+        axis.axhline(row["fd_cifar10"], color="grey", linestyle="--", linewidth=1)
+        axis.annotate(name, (0, row["fd_cifar10"]), fontsize=8, color="grey",
+                      xytext=(2, 2), textcoords="offset points")
+    axis.set_yscale("log")
+    axis.set_xlabel("training minutes (evaluation not counted)")
+    axis.set_ylabel("FD-cifar10 (lower is better)")
+    axis.set_title("Image quality against training time")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(f"{prefix}.png", dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    unknown = [name for name in args.recipes.split(",") if name not in RECIPES]
+    if unknown:
+        sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    path = f"{args.output}.jsonl"
+    if not args.plot_only:
+        if not args.data_dir:
+            sys.exit("error: --data-dir is required unless --plot-only")
+        from diffusion_keras.data import load_image_folder
+
+        images = load_image_folder(args.data_dir, args.image_size, 3, args.limit, args.seed)
+        scorer = Scorer(images)
+        rng = np.random.default_rng(args.seed)
+        noises = rng.standard_normal((args.num_images, *images.shape[1:]), dtype=np.float32)
+
+        def record(row):
+            with open(path, "a") as file:
+                file.write(json.dumps(row) + "\n")
+
+        if args.test_dir:
+            real = load_image_folder(args.test_dir, args.image_size, 3, args.num_images, args.seed)
+            record({"recipe": "floor", "network": "reference", **scorer(real),
+                    "description": f"{len(real)} held-out real images"})
+        uniform = rng.random((args.num_images, *images.shape[1:]), dtype=np.float32)
+        record({"recipe": "ceiling", "network": "reference", **scorer(uniform),
+                "description": f"{args.num_images} uniform-noise images"})
+        for name in args.recipes.split(","):
+            train_recipe(name, images, scorer, noises, args, record)
+    write_report(read_rows(path), args.output)
+    print(f"wrote {args.output}.md and {args.output}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
