@@ -20,13 +20,12 @@ import time
 
 import numpy as np
 
+from diffusion_keras import config as settings
+
 # name -> (what it changes, settings on top of the library's defaults). "keras-io" is the 2022
-# recipe this project started from; "default" is whatever the library's defaults are now.
-KERAS_IO = {"model": {"ema": 0.999, "ema_warmup": 0.0, "norm": "batch", "formulation": "continuous",
-                      "prediction": "epsilon", "loss_function": "mae", "loss_weighting": "uniform",
-                      "time_distribution": "uniform"},
-            "optimization": {"learning_rate": 1e-3, "warmup_steps": 0,
-                             "learning_rate_schedule": "constant"}}
+# recipe this project started from (`train.py --recipe keras-io`); "default" is whatever the
+# library's defaults are now.
+KERAS_IO = settings.RECIPES["keras-io"]
 RECIPES = {
     "keras-io": ("the 2022 keras-io recipe (EMA 0.999 from step 0)", KERAS_IO),
     "default": ("the library's current defaults", {}),

@@ -52,13 +52,15 @@ def augment(images, rng, padding=4):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="folder holding train/ and test/")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=CIFAR10_FEATURES_WEIGHTS)
+    parser.add_argument("--output", default=CIFAR10_FEATURES_WEIGHTS, help="a .weights.h5 path")
     args = parser.parse_args(argv)
+    if not args.output.endswith(".weights.h5"):
+        parser.error("--output must end in .weights.h5")
 
     keras.utils.set_random_seed(args.seed)
     started = time.time()
@@ -91,8 +93,9 @@ def main(argv=None):
     print(f"test accuracy {accuracy:.4f} on {len(test_images)} images", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with runs.atomic_write(args.output) as temporary:
-        classifier.save_weights(temporary)
+    partial = args.output[: -len(".weights.h5")] + ".partial.weights.h5"  # Keras wants the suffix
+    classifier.save_weights(partial)
+    os.replace(partial, args.output)
     info = {"test_accuracy": accuracy, "test_images": len(test_images),
             "train_images": len(train_images), "epochs": args.epochs,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate,

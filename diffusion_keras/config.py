@@ -39,6 +39,19 @@ FORMULATION_DEFAULTS = {
 }
 
 
+# Named starting points (`train.py --recipe NAME`, flags and --config on top): "keras-io" is the 2022
+# keras-io DDIM recipe this project started from (EMA 0.999 from the first step, epsilon MAE).
+RECIPES = {
+    "keras-io": {
+        "model": {"ema": 0.999, "ema_warmup": 0.0, "norm": "batch", "formulation": "continuous",
+                  "schedule": None, "prediction": None, "time_distribution": None,
+                  "loss_function": None, "loss_target": None, "loss_weighting": "uniform"},
+        "optimization": {"learning_rate": 1e-3, "warmup_steps": 0,
+                         "learning_rate_schedule": "constant"},
+    },
+}
+
+
 def _choice(value, choices, what):
     if value not in choices:
         raise UsageError(f"unknown {what} {value!r}; choose one of {list(choices)}")
@@ -235,14 +248,20 @@ class TrainingConfig:
         return {name: getattr(self, name).to_dict() for name in SECTIONS}
 
     @classmethod
-    def from_dict(cls, data, where="config"):
+    def from_dict(cls, data, where="config", base=None):
+        """The settings in `data` ({section: {setting: value}}, any part of them) on top of `base`
+        (default: the defaults); unknown sections or settings are one-line errors naming them."""
         if not isinstance(data, dict):
             raise UsageError(f"{where} must hold a JSON object with sections {list(SECTIONS)}")
         unknown = sorted(set(data) - set(SECTIONS) - {"num_images"})
         if unknown:
             raise UsageError(f"unknown section(s) {unknown} in {where}; known: {list(SECTIONS)}")
-        return cls(**{name: section.from_dict(data.get(name, {}), f"{where} [{name}]")
-                      for name, section in SECTIONS.items()})
+        for name, section in SECTIONS.items():
+            unknown = sorted(set(data.get(name, {})) - set(section.field_names()))
+            if unknown:
+                raise UsageError(f"unknown setting(s) {unknown} in {where} [{name}]; known: "
+                                 f"{section.field_names()}")
+        return (base or cls()).updated({name: data.get(name, {}) for name in SECTIONS})
 
     def updated(self, changes):
         """A copy with `changes` ({section: {setting: value}}) applied."""
@@ -250,8 +269,9 @@ class TrainingConfig:
                                  for name in SECTIONS})
 
 
-def read_config(path):
-    """A TrainingConfig from a JSON file (a run's config.json, or one written by hand)."""
+def read_config(path, base=None):
+    """A TrainingConfig from a JSON file (a run's config.json, or any part of one written by hand),
+    on top of `base` (default: the defaults)."""
     try:
         with open(path) as file:
             data = json.load(file)
@@ -260,4 +280,4 @@ def read_config(path):
     except json.JSONDecodeError as error:
         raise UsageError(f"config file {path!r} is not valid JSON ({error.msg}, line {error.lineno})"
                          ) from None
-    return TrainingConfig.from_dict(data, path)
+    return TrainingConfig.from_dict(data, path, base)

@@ -85,3 +85,17 @@ def test_help_shows_defaults_from_the_config_once(capsys):
     text = capsys.readouterr().out
     assert "(default: 32,64,96,128)" in text and "(default: 0.999)" in text
     assert "(default: None)" not in text and "[32, 64" not in text
+
+
+def test_a_recipe_is_one_flag_with_config_files_and_flags_on_top(tmp_path):
+    from diffusion_keras.config import RECIPES
+
+    config = train.config_from_args(train.parser().parse_args(["--recipe", "keras-io"]))
+    assert config == TrainingConfig().updated(RECIPES["keras-io"])
+    assert config.model.ema_warmup == 0.0 and config.model.ema == 0.999
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"optimization": {"epochs": 2}}))
+    config = train.config_from_args(train.parser().parse_args(
+        ["--recipe", "keras-io", "--config", str(path), "--batch-size", "16"]))
+    assert config.model == TrainingConfig().updated(RECIPES["keras-io"]).model
+    assert (config.optimization.epochs, config.optimization.batch_size) == (2, 16)

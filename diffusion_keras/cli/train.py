@@ -25,8 +25,11 @@ def add(group, flag, section, help, field=None, **kwargs):
     and the dataclass defaults stay underneath; --help shows the default from `config.py`."""
     field = field or flag[2:].replace("-", "_")
     default = getattr(settings.SECTIONS[section](), field)
-    if default is not None and kwargs.get("action") != "store_const":
-        help = f"{help} (default: {shown(default)})"
+    if kwargs.get("action") != "store_const":
+        if default is not None:
+            help = f"{help} (default: {shown(default)})"
+        if "choices" not in kwargs:
+            kwargs["metavar"] = field.upper()
     group.add_argument(flag, dest=f"{section}.{field}", default=argparse.SUPPRESS, help=help,
                        **kwargs)
 
@@ -37,6 +40,9 @@ def parser():
     p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
                    help="start from the settings in a JSON file (a run's config.json, or sections "
                         "'model', 'optimization', 'run' written by hand); flags override it")
+    p.add_argument("--recipe", default=argparse.SUPPRESS, choices=sorted(settings.RECIPES),
+                   help="start from a named recipe instead of the defaults: keras-io is the 2022 "
+                        "keras-io DDIM recipe (the defaults before the measured one; BENCHMARKS.md)")
     data = p.add_argument_group("data")
     add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
         choices=settings.DATASETS)
@@ -145,9 +151,9 @@ def resumed_config(args):
                for field, value in values.items()
                if f"{section}.{field}" not in RESUME_CHANGEABLE
                and value != getattr(getattr(saved, section), field)]
-    if changed or hasattr(args, "config"):
-        flags = ", ".join([flag_name(*name) for name in changed] +
-                          (["--config"] if hasattr(args, "config") else []))
+    extra = [flag for flag in ("--config", "--recipe") if hasattr(args, flag[2:])]
+    if changed or extra:
+        flags = ", ".join([flag_name(*name) for name in changed] + extra)
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
                          "(only --epochs, --plot-every and --keep-checkpoints may change)")
     return run_dir, saved.updated(changes)
@@ -158,8 +164,11 @@ def interrupt(signum, frame):
 
 
 def config_from_args(args):
-    """A new run's settings: the defaults, or the --config file, with the given flags on top."""
-    base = settings.read_config(args.config) if hasattr(args, "config") else settings.TrainingConfig()
+    """A new run's settings: the defaults, then the --recipe, then the --config file, then the
+    given flags."""
+    base = settings.TrainingConfig().updated(settings.RECIPES.get(getattr(args, "recipe", ""), {}))
+    if hasattr(args, "config"):
+        base = settings.read_config(args.config, base)
     return base.updated(given_settings(args))
 
 
