@@ -181,15 +181,18 @@ def write_report(rows, prefix):
     with open(f"{prefix}.md", "w") as file:
         file.write("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    colours = {recipe: f"C{index}" for index, recipe in enumerate(dict.fromkeys(
+        row["recipe"] for row in runs))}
     for (recipe, network) in dict.fromkeys((row["recipe"], row["network"]) for row in runs):
         points = [(row["minutes"], row["fd_cifar10"]) for row in runs
                   if (row["recipe"], row["network"]) == (recipe, network)]
-        axis.plot(*zip(*points), marker="o", linestyle="-" if network == "ema" else ":",
-                  label=f"{recipe} ({network})")
+        axis.plot(*zip(*points), marker="o", color=colours[recipe],
+                  linestyle="-" if network == "ema" else ":", label=f"{recipe} ({network})")
     for name, row in references.items():
         axis.axhline(row["fd_cifar10"], color="grey", linestyle="--", linewidth=1)
-        axis.annotate(name, (0, row["fd_cifar10"]), fontsize=8, color="grey",
-                      xytext=(2, 2), textcoords="offset points")
+        axis.text(0.01, row["fd_cifar10"], f"{name}: {row['description']}", fontsize=8,
+                  color="grey", va="bottom", transform=axis.get_yaxis_transform())
+    axis.set_xlim(left=0)
     axis.set_yscale("log")
     axis.set_xlabel("training minutes (evaluation not counted)")
     axis.set_ylabel("FD-cifar10 (lower is better)")
