@@ -117,7 +117,7 @@ class ModelConfig(_Section):
     embedding: str = "input"
     dropout: float = 0.0
     # diffusion (None: the formulation's default, see FORMULATION_DEFAULTS)
-    formulation: str = "continuous"
+    formulation: str = "flow"  # measured best (BENCHMARKS.md); --recipe keras-io for the old
     schedule: str | None = None
     timesteps: int = 1000
     prediction: str | None = None
@@ -129,7 +129,7 @@ class ModelConfig(_Section):
     min_snr_gamma: float = 5.0
     # sampling network
     ema: float = 0.999
-    ema_warmup: float = 0.0  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
+    ema_warmup: float = 0.75  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
     seed: int | None = None
 
     def __post_init__(self):

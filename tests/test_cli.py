@@ -34,7 +34,7 @@ def test_train_leaves_checkpoints_samples_and_log(trained_run):
     assert (trained_run / "log.csv").read_text().startswith("epoch,")
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"]["channels"] == 3 and config["num_images"] == 48
-    assert config["model"]["prediction"] == "epsilon", "the formulation's defaults are recorded"
+    assert config["model"]["prediction"] == "flow", "the formulation's defaults are recorded"
     assert not [name for name in os.listdir(trained_run / "checkpoints") if ".tmp" in name]
 
 
@@ -176,7 +176,7 @@ def test_training_end_to_end_on_each_backend(backend, tiny_folder, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     log = json.loads((tmp_path / "run" / "log.json").read_text())
-    assert len(log) == 2 and log[1]["noise_loss"] < log[0]["noise_loss"] * 1.05
+    assert len(log) == 2 and log[1]["loss"] < log[0]["loss"] * 1.05
     result = subprocess.run(
         [sys.executable, "generate.py", "--checkpoint",
          str(tmp_path / "run" / "checkpoints" / "epoch_0002.keras"), "--steps", "2",

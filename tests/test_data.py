@@ -110,7 +110,8 @@ def test_validation_through_the_fit_input_averages_every_batch(recwarn):
     from diffusion_keras.training import build_model
 
     images = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
-    model = build_model(ModelConfig(image_size=16, widths=(8, 16), block_depth=1),
+    model = build_model(ModelConfig(image_size=16, widths=(8, 16), block_depth=1,
+                                    formulation="continuous"),  # epsilon prediction
                         OptimizationConfig(learning_rate=0.0))
     model.normalizer.adapt(images)
     validation = backend.as_fit_input(ImageBatches(images, 8, flip=False, shuffle=False))

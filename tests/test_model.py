@@ -22,7 +22,7 @@ def test_ema_network_starts_as_an_exact_copy():
 
 
 def test_ema_tracks_the_online_weights_inside_the_train_step(tiny_images):
-    model = DiffusionModel(ema=0.5, seed=0, **TINY)
+    model = DiffusionModel(ema=0.5, ema_warmup=0.0, seed=0, **TINY)
     model.normalizer.adapt(tiny_images)
     model.compile(optimizer=keras.optimizers.AdamW(1e-2))
     batch = tiny_images[:8]
@@ -212,7 +212,8 @@ def test_ema_updates_once_per_optimizer_update_when_accumulating(tiny_images):
     from diffusion_keras.config import ModelConfig, OptimizationConfig
     from diffusion_keras.training import build_model
 
-    model = build_model(ModelConfig(**TINY, ema=0.5, seed=0), OptimizationConfig(accumulate_steps=2))
+    model = build_model(ModelConfig(**TINY, ema=0.5, ema_warmup=0.0, seed=0),
+                        OptimizationConfig(accumulate_steps=2))
     model.normalizer.adapt(tiny_images)
     kernel = lambda network: np.array(network.layers[-1].kernel)  # noqa: E731 (zero-initialised: the first to move)
     initial = kernel(model.network)
@@ -242,7 +243,7 @@ def test_learning_rate_warms_up_then_stays_or_decays():
 
 @pytest.mark.parametrize("distribution", ["uniform", "logit_normal", "lognormal"])
 def test_training_times_follow_their_distribution(distribution):
-    model = DiffusionModel(seed=0, time_distribution=distribution, **TINY)
+    model = DiffusionModel(seed=0, formulation="continuous", time_distribution=distribution, **TINY)
     times = keras.ops.convert_to_numpy(model.training_times(4000)).ravel()
     assert times.min() >= 0.0 and times.max() <= 1.0
     noise_rates, signal_rates = map(keras.ops.convert_to_numpy, model.diffusion_schedule(times))
@@ -263,8 +264,8 @@ def test_training_times_follow_their_distribution(distribution):
 
 
 def test_min_snr_weights_cap_the_clean_image_weight_at_gamma():
-    model = DiffusionModel(seed=0, loss_weighting="min_snr", loss_function="mse", min_snr_gamma=5.0,
-                           **TINY)
+    model = DiffusionModel(seed=0, formulation="continuous", loss_weighting="min_snr",
+                           loss_function="mse", min_snr_gamma=5.0, **TINY)
     noise_rates = np.array([0.1, 0.6, 0.99], "float32").reshape(3, 1, 1, 1)
     signal_rates = np.sqrt(1 - noise_rates**2)
     snrs = (signal_rates / noise_rates) ** 2

@@ -29,3 +29,11 @@ def test_two_recipes_are_trained_scored_and_reported(tiny_folder, tmp_path):
     table = open(prefix + ".md").read()
     assert "| keras-io | ema |" in table and "| flow | online |" in table
     assert os.path.getsize(prefix + ".png") > 10000
+
+
+def test_the_measured_winner_is_the_default_and_keras_io_one_flag_away():
+    from diffusion_keras.config import RECIPES, TrainingConfig
+
+    assert TrainingConfig().updated(time_to_quality.RECIPES["flow"][1]) == TrainingConfig()
+    assert TrainingConfig().updated(time_to_quality.RECIPES["keras-io"][1]) == \
+        TrainingConfig().updated(RECIPES["keras-io"])
