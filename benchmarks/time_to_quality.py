@@ -48,6 +48,8 @@ RECIPES = {
     "flow": ("ema-warmup + rectified flow (velocity, MSE, logit-normal times)", {
         **KERAS_IO, "model": {**KERAS_IO["model"], "ema_warmup": 0.75, "formulation": "flow",
                               "prediction": None, "loss_function": None, "time_distribution": None}}),
+    "flow-lr": ("the defaults (flow) + 200 steps of learning-rate warm-up to 2e-3", {
+        "optimization": {"learning_rate": 2e-3, "warmup_steps": 200}}),
 }
 
 
