@@ -175,8 +175,9 @@ class DiffusionModel(keras.Model):
         rate = 1.0 - momentum
         if accumulate > 1:
             rate = rate * ops.cast(ops.equal(ops.mod(steps, accumulate), 0.0), "float32")
+        rate = ops.cast(rate, "float32")  # once, not per weight: every weight is float32
         for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
-            ema_weight.assign_sub(ops.cast(rate, ema_weight.dtype) * (ema_weight - weight))
+            ema_weight.assign_sub(rate * (ema_weight - weight))
         self.training_steps.assign(steps + 1.0)
 
     def sampling_times(self, diffusion_steps, spacing="uniform"):
