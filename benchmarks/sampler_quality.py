@@ -1,27 +1,27 @@
 """Sample quality against network evaluations (NFE) for every sampler, from one checkpoint.
 
     python benchmarks/sampler_quality.py --checkpoint runs/X/checkpoints/best.keras \
-        --real-dir /tmp/cifar/test --num-images 2000 [--inception-weights random]
+        --real-dir /tmp/cifar/test --num-images 2000 [--features cifar10]
 
-Every cell is the KID and FID of `--num-images` samples (all from the same initial noise) against as
-many real images, whose InceptionV3 features are extracted once. Writes a JSON and a Markdown table
-(rows: sampler, columns: NFE) next to the checkpoint, or to --output. Not a test: it needs a trained
-model and a lot of compute (1000 NFE x num_images).
+Every cell is `evaluation.evaluate` (the library's scoring, as `evaluate.py` does it): the same
+seeded images for every sampler, scored against the real images' cached statistics, in InceptionV3
+features (FID, KID) or the project's CIFAR-10 classifier's (FD-cifar10, KD-cifar10). Writes a JSON
+and a Markdown table (rows: sampler, columns: NFE) next to the checkpoint, or to --output. Not a
+test: it needs a trained model and a lot of compute (sum of NFE x num_images).
 """
 
 import argparse
 import os
 import sys
 
-import numpy as np
-
-DEFAULT_NFES = (5, 10, 20, 50, 100, 1000)
-SETTINGS = {  # name in the table -> (sampler, options)
-    "ddim": ("ddim", {}),
-    "ddim_eta1": ("ddim", {"eta": 1.0}),
-    "ddpm": ("ddpm", {}),
-    "dpmpp2m": ("dpmpp2m", {}),
-    "heun": ("heun", {}),
+DEFAULT_NFES = (5, 10, 20, 50, 100)
+SETTINGS = {  # name in the table -> generate's sampler settings
+    "ddim": {"sampler": "ddim"},
+    "ddim_eta1": {"sampler": "ddim", "eta": 1.0},
+    "ddpm": {"sampler": "ddpm"},
+    "dpmpp2m": {"sampler": "dpmpp2m"},
+    "dpmpp3m": {"sampler": "dpmpp3m"},
+    "heun": {"sampler": "heun"},
 }
 
 
@@ -29,15 +29,15 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--real-dir", required=True, help="folder of reference images")
+    p.add_argument("--features", default="auto", choices=("auto", "inception", "cifar10"))
     p.add_argument("--inception-weights", default="imagenet",
                    help="'imagenet', a local no-top .h5 file, or 'random' (ranks only)")
-    p.add_argument("--inception-size", type=int, default=299, help="InceptionV3 input size (>= 75)")
     p.add_argument("--num-images", type=int, default=2000)
     p.add_argument("--nfe", default=",".join(map(str, DEFAULT_NFES)))
     p.add_argument("--samplers", default=",".join(SETTINGS))
-    p.add_argument("--spacing", default="uniform")
+    p.add_argument("--spacing", help="one grid for every sampler (default: each sampler's own)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--output", help="output prefix (default: <checkpoint folder>/sampler_quality)")
     return p
 
@@ -49,49 +49,42 @@ def markdown_table(results, nfes):
     for name, row in results.items():
         cells = [row.get(str(nfe), "") for nfe in nfes]
         cells = [", ".join(f"{k} {v:.4g}" for k, v in cell.items()) if isinstance(cell, dict)
-                 else (f"{cell:.4g}" if cell != "" else "") for cell in cells]
+                 else "" for cell in cells]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from diffusion_keras import metrics, runs, samplers
-    from diffusion_keras.data import load_image_folder
-    from diffusion_keras.evaluation import extract_features
+    from diffusion_keras import runs, samplers
+    from diffusion_keras.evaluation import METRIC_NAMES, evaluate
 
-    model = runs.load_checkpoint(args.checkpoint)
-    weights = None if args.inception_weights == "random" else args.inception_weights
-    extractor = metrics.inception_extractor(model.config.channels, args.inception_size, weights, args.seed)
-    real = load_image_folder(args.real_dir, model.config.image_size)
-    real = real[np.random.default_rng(args.seed).permutation(len(real))[:args.num_images]]
-    real_features = extract_features(extractor, real, args.batch_size)
-    real_statistics = metrics.FeatureStatistics().update(real_features)
-    noise = model.initial_noise(args.num_images, seed=args.seed)
     nfes = [int(value) for value in args.nfe.split(",")]
+    weights = None if args.inception_weights == "random" else args.inception_weights
     results = {}
     for name in args.samplers.split(","):
-        sampler, options = SETTINGS[name]
+        sampling = dict(SETTINGS[name])
+        if args.spacing:
+            sampling["spacing"] = args.spacing
         results[name] = {}
         for nfe in nfes:
-            steps = nfe // samplers.network_evaluations(sampler, 1)
-            images = model.generate(args.num_images, steps, initial_noise=noise, seed=args.seed,
-                                    batch_size=args.batch_size, sampler=sampler,
-                                    spacing=args.spacing, **options)
-            features = extract_features(extractor, images, args.batch_size)
-            results[name][str(nfe)] = {
-                "kid": float(metrics.kernel_inception_distance(real_features, features)),
-                "fid": metrics.fid(real_statistics, metrics.FeatureStatistics().update(features))}
-            print(name, nfe, results[name][str(nfe)], flush=True)
+            steps = (nfe + 1) // 2 if sampling["sampler"] == "heun" else nfe
+            result = evaluate(args.checkpoint, args.num_images, steps, data_dir=args.real_dir,
+                              inception_weights=weights, kid_images=args.num_images,
+                              batch_size=args.batch_size, seed=args.seed, features=args.features,
+                              sampling=sampling)
+            metric_names = METRIC_NAMES[result["features"]]
+            calls = samplers.network_evaluations(sampling["sampler"], steps)
+            results[name][str(calls)] = {key: result[key] for key in metric_names}
+            print(name, calls, results[name][str(calls)], flush=True)
     prefix = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                          "sampler_quality")
     runs.write_json(prefix + ".json", {"checkpoint": os.path.abspath(args.checkpoint),
                                        "num_images": args.num_images, "spacing": args.spacing,
-                                       "inception_weights": args.inception_weights,
-                                       "inception_size": args.inception_size,
-                                       "results": results})
+                                       "features": args.features, "results": results})
+    columns = sorted({int(calls) for row in results.values() for calls in row})
     with runs.atomic_write(prefix + ".md") as temporary, open(temporary, "w") as file:
-        file.write(markdown_table(results, nfes))
+        file.write(markdown_table(results, columns))
     print(f"wrote {prefix}.json and {prefix}.md")
     return 0
 

@@ -50,6 +50,9 @@ RECIPES = {
                               "prediction": None, "loss_function": None, "time_distribution": None}}),
     "flow-lr": ("the defaults (flow) + 200 steps of learning-rate warm-up to 2e-3", {
         "optimization": {"learning_rate": 2e-3, "warmup_steps": 200}}),
+    "flow-b32": ("the defaults (flow) at batch 32: twice the updates per image seen", {
+        "optimization": {"batch_size": 32}}),
+    "flow-b16": ("the defaults (flow) at batch 16", {"optimization": {"batch_size": 16}}),
 }
 
 
@@ -67,7 +70,7 @@ def parser():
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="train on a seeded subset (tests)")
     p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="unless the recipe sets its own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="time_to_quality", help="prefix of the .jsonl, .md and .png")
     p.add_argument("--plot-only", action="store_true", help="redraw the table and curve, train nothing")
@@ -124,12 +127,13 @@ def train_recipe(name, images, scorer, noises, args, record):
     model_changes = {"image_size": images.shape[1], "channels": images.shape[-1], "seed": args.seed}
     if args.widths:
         model_changes["widths"] = tuple(int(width) for width in args.widths.split(","))
-    config = TrainingConfig().updated(changes).updated({
-        "model": model_changes, "optimization": {"batch_size": args.batch_size}})
+    config = TrainingConfig().updated({"optimization": {"batch_size": args.batch_size}}).updated(
+        changes).updated({"model": model_changes})
+    batch_size = config.optimization.batch_size
     keras.utils.set_random_seed(args.seed)
-    model = build_model(config.model, config.optimization, len(images) // args.batch_size)
+    model = build_model(config.model, config.optimization, len(images) // batch_size)
     model.normalizer.adapt(images[:5000])
-    batches = ImageBatches(images, args.batch_size, seed=args.seed)
+    batches = ImageBatches(images, batch_size, seed=args.seed)
     trained, steps, next_score = 0.0, 0, args.eval_every * 60
     budget = args.minutes * 60
     print(f"{name}: {description}", flush=True)

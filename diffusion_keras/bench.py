@@ -88,7 +88,8 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
     noise = model.initial_noise(sample_batch_size, seed=seed)
 
     def sample():
-        model.generate(sample_batch_size, sample_steps, initial_noise=noise)
+        model.generate(sample_batch_size, sample_steps, initial_noise=noise, sampler="ddim",
+                       verbose=False)  # DDIM, as the reference samples
 
     sample()  # the first runs after compiling are still slow on TensorFlow
     sample_seconds = timed(sample, 2)

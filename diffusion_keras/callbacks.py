@@ -53,6 +53,32 @@ class ImageGenerator(keras.callbacks.Callback):
             display(images, cols=self.num_cols)
 
 
+class TensorBoardSamples(keras.callbacks.Callback):
+    """Each saved epoch grid (`ImageGenerator`'s PNG) as an image in TensorBoard, beside the
+    losses Keras' own `TensorBoard` callback writes (list this after both)."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+        self.writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+        from PIL import Image
+
+        path = os.path.join(self.run_dir, runs.SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
+        if not os.path.exists(path):  # not a --plot-every epoch
+            return
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(
+                os.path.join(self.run_dir, runs.TENSORBOARD_DIR, "samples"))
+        with Image.open(path) as image:
+            picture = np.asarray(image.convert("RGB"))
+        with self.writer.as_default():
+            tf.summary.image("samples", picture[None], step=epoch + 1)
+        self.writer.flush()
+
+
 class Checkpointer(keras.callbacks.Callback):
     """Save `checkpoints/epoch_NNNN.keras` every epoch (keeping the newest `keep`) and `best.keras`.
 
@@ -76,16 +102,17 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         path = runs.checkpoint_path(self.run_dir, epoch + 1)
-        with runs.atomic_write(path) as temporary:
-            self.model.save(temporary)
-        for old in runs.run_checkpoints(self.run_dir)[: -self.keep]:
-            os.remove(old)
-        value = self.value(logs)
-        if value is not None and value < self.best:
-            self.best = value
-            best = os.path.join(self.run_dir, runs.CHECKPOINT_DIR, "best.keras")
-            with runs.atomic_write(best) as temporary:
+        with runs.finish_before_stopping():  # a stop request waits for the epoch to be saved
+            with runs.atomic_write(path) as temporary:
                 self.model.save(temporary)
+            for old in runs.run_checkpoints(self.run_dir)[: -self.keep]:
+                os.remove(old)
+            value = self.value(logs)
+            if value is not None and value < self.best:
+                self.best = value
+                best = os.path.join(self.run_dir, runs.CHECKPOINT_DIR, "best.keras")
+                with runs.atomic_write(best) as temporary:
+                    self.model.save(temporary)
 
 
 class MetricsLog(keras.callbacks.Callback):
@@ -115,20 +142,11 @@ class MetricsLog(keras.callbacks.Callback):
 
 
 class EpochSeeds(keras.callbacks.Callback):
-    """Restart the model's noise stream at every epoch from (seed, epoch).
-
-    `.keras` files do not keep a SeedGenerator's state, so without this a resumed run would draw
-    the noise of epoch 1 again; with it, a resumed epoch draws exactly what an uninterrupted one did.
-    """
-
-    def __init__(self, seed):
-        super().__init__()
-        self.seed = seed
+    """Restart the model's training noise at every epoch (`DiffusionModel.restart_training_noise`),
+    so a resumed epoch draws exactly what an uninterrupted one did."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        state = self.model.seed_generator.state
-        start = np.random.default_rng((self.seed, epoch)).integers(2**31)
-        state.assign(np.array([start, 0], dtype=state.dtype))
+        self.model.restart_training_noise(epoch)
 
 
 class NonFiniteLoss(UsageError):

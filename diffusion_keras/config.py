@@ -9,6 +9,7 @@ is loaded or any folder is made.
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 
@@ -24,7 +25,18 @@ NORMALIZATIONS = ("batch", "group")
 EMBEDDINGS = ("input", "every")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-DATASETS = ("cifar10", "mnist", "fashion_mnist", "oxford_flowers102")
+DATASETS = ("cifar10", "mnist", "fashion_mnist", "oxford_flowers102")  # tensorflow-datasets names
+INCEPTION_SIZE = 299  # InceptionV3's own input size, for FID and KID
+
+# Sampling (`samplers` implements them; the names live here so the command lines can list them
+# without importing Keras). The defaults are the most accurate measured at 5-20 network calls
+# (BENCHMARKS.md, "Samplers").
+SAMPLER_NAMES = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm", "heun")
+SPACINGS = ("uniform", "quadratic", "karras", "log_snr")
+VARIANCES = ("posterior", "beta")
+DEFAULT_SAMPLER = "dpmpp2m"
+DEFAULT_SPACINGS = {"ddim": "uniform", "ddpm": "uniform", "dpmpp2m": "uniform",
+                    "dpmpp3m": "uniform", "heun": "uniform"}
 
 # What a formulation means when a setting is left at None (Ho et al. 2020; Lipman et al. 2023 and
 # Esser et al. 2024 for flow: the straight path between data and noise, velocity target, MSE,
@@ -72,6 +84,13 @@ def _number(value, what, low=None, high=None, low_open=False, high_open=False, a
         raise UsageError(f"{what} must be in {span}, got {value}")
 
 
+def _seed(value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
+
+
 def _positive_int(value, what, allow_none=False):
     if value is None and allow_none:
         return
@@ -99,6 +118,12 @@ class _Section:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def differences(self, other, names=("this", "other")):
+        """'field: this has A, other has B' for every setting that differs from `other`'s."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{field}: {names[0]} has {mine[field]!r}, {names[1]} has {theirs[field]!r}"
+                for field in mine if mine[field] != theirs[field]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +186,7 @@ class ModelConfig(_Section):
         _number(self.min_snr_gamma, "min-SNR gamma", 0, low_open=True)
         _number(self.ema, "ema momentum", 0, 1, high_open=True)
         _number(self.ema_warmup, "ema warm-up power", 0)
+        _seed(self.seed, allow_none=True)
         if self.formulation == "ddpm" and self.time_distribution not in (None, "uniform"):
             raise UsageError("the ddpm formulation draws its integer timesteps uniformly; "
                              "drop --time-distribution or use --formulation continuous")
@@ -217,6 +243,7 @@ class RunConfig(_Section):
     plot_every: int = 1
     keep_checkpoints: int = 3
     seed: int = 0
+    tensorboard: bool = False  # losses, learning rate and sample grids in run_dir/tensorboard
 
     def __post_init__(self):
         _choice(self.dataset, DATASETS, "dataset")
@@ -224,8 +251,12 @@ class RunConfig(_Section):
         _number(self.validation_split, "validation split", 0, 1, high_open=True)
         _positive_int(self.plot_every, "plot every")
         _positive_int(self.keep_checkpoints, "keep checkpoints")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise UsageError(f"seed must be an integer, got {self.seed!r}")
+        _seed(self.seed)
+        if self.tensorboard and None in (importlib.util.find_spec("tensorflow"),
+                                         importlib.util.find_spec("tensorboard")):
+            raise UsageError("--tensorboard writes through TensorFlow's summary writer: "
+                             "pip install tensorflow tensorboard (or -e '.[tensorboard]'), or drop "
+                             "--tensorboard")
 
     def resolved_flip(self):
         if self.flip is not None:

@@ -5,21 +5,24 @@ The folder path uses Pillow and NumPy only, so JAX and PyTorch users can train w
 
 import logging
 import os
+import socket
 
 import keras
 import numpy as np
 from PIL import Image, ImageOps
 
+from diffusion_keras.config import DATASETS
 from diffusion_keras.errors import UsageError
 
 log = logging.getLogger("diffusion_keras")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-TFDS_DATASETS = ("cifar10", "mnist", "fashion_mnist", "oxford_flowers102")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GRAYSCALE_DATASETS = ("mnist", "fashion_mnist")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 MAX_UPSCALE = 4  # images whose shorter side is under image_size / 4 would only teach blur
+# where tensorflow-datasets downloads from first (its mirror), checked before a download is tried
+TFDS_HOST = ("storage.googleapis.com", 443)
 
 
 def preprocess(imgs):
@@ -86,7 +89,7 @@ def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):
         try:
             with Image.open(path) as image:
                 image.load()
-                image = image.copy()
+                image = ImageOps.exif_transpose(image)  # phone photos: upright, as viewers show them
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             unreadable.append(path)
             continue
@@ -103,8 +106,9 @@ def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):
                     len(unreadable) + len(too_small), len(files), data_dir, ", ".join(reasons),
                     examples)
     if not opened:
+        kinds = "/".join(sorted({extension[1:].upper() for extension in IMAGE_EXTENSIONS}))
         raise UsageError(f"none of the {len(files)} image files in {data_dir!r} could be used; "
-                         "check that they are valid JPEG/PNG/BMP/GIF files of at least "
+                         f"check that they are valid {kinds} files of at least "
                          f"{min_side(image_size)} pixels on a side")
     if channels is None:
         channels = 1 if all(image.mode in GRAYSCALE_MODES for image in opened) else 3
@@ -113,11 +117,21 @@ def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):
 
 def load_tfds(name, image_size, split="train", limit=None, seed=0):
     """A tensorflow-datasets image dataset, downloaded on first use, resized like a folder."""
-    if name not in TFDS_DATASETS:
-        raise UsageError(f"unknown dataset {name!r}; choose one of {list(TFDS_DATASETS)} "
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {list(DATASETS)} "
                          "or pass --data-dir FOLDER")
     import tensorflow_datasets as tfds
 
+    offline = UsageError(
+        f"tensorflow-datasets {name!r} is not downloaded yet and {TFDS_HOST[0]} cannot be reached; "
+        "download it once with network access, or pass --data-dir FOLDER of images instead")
+    try:
+        prepared = tfds.builder(name).is_prepared()
+    except Exception as error:  # a builder that cannot even be made is treated as not prepared
+        prepared = False
+        log.debug("tfds builder %s: %s", name, error)
+    if not prepared and not reachable(TFDS_HOST):
+        raise offline  # seconds, not minutes of tensorflow-datasets' download retries
     try:
         dataset = tfds.load(name, split=split)
     except Exception as error:  # tfds raises many kinds of download errors
@@ -130,6 +144,15 @@ def load_tfds(name, image_size, split="train", limit=None, seed=0):
     arrays = seeded_subset(arrays, limit, seed)
     images = [fit_image(Image.fromarray(np.squeeze(a)), image_size, channels) for a in arrays]
     return preprocess(np.stack(images))
+
+
+def reachable(address, timeout=3.0):
+    """Whether a TCP connection to (host, port) opens within `timeout` seconds."""
+    try:
+        socket.create_connection(address, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def load_images(image_size, dataset="cifar10", data_dir=None, limit=None, seed=0):

@@ -11,9 +11,11 @@ import json
 import logging
 import os
 
+import keras
 import numpy as np
 
-from diffusion_keras import backend, cifar10_features, metrics, runs
+from diffusion_keras import backend, cifar10_features, metrics, runs, samplers, seeding
+from diffusion_keras.config import DEFAULT_SAMPLER
 from diffusion_keras.data import load_image_folder, load_tfds
 from diffusion_keras.errors import UsageError
 
@@ -102,15 +104,17 @@ def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size
     return statistics, np.stack(kid_features), path, False
 
 
-def result_path(checkpoint, num_images, diffusion_steps):
-    return f"{os.path.splitext(checkpoint)[0]}_evaluation_n{num_images}_steps{diffusion_steps}.json"
+def result_path(checkpoint, num_images, diffusion_steps, sampler):
+    return (f"{os.path.splitext(checkpoint)[0]}_evaluation_{sampler}_n{num_images}"
+            f"_steps{diffusion_steps}.json")
 
 
 def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10", split="train",
              data_dir=None, limit=None, inception_weights="imagenet",
              inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=None, seed=0,
-             cache_dir=None, extractor=None, features="auto"):
-    """KID and FID of `num_images` EMA samples (`diffusion_steps` DDIM steps) against real images,
+             cache_dir=None, extractor=None, features="auto", sampling=None, verbose=False):
+    """KID and FID of `num_images` EMA samples (`diffusion_steps` steps of the sampler in `sampling`,
+    `generate`'s sampler, spacing and options; default `DEFAULT_SAMPLER`) against real images,
     in InceptionV3's features or (`features="cifar10"`, or "auto" without Inception weights) the
     CIFAR-10 classifier's, where they are named KD-cifar10 and FD-cifar10.
 
@@ -120,6 +124,10 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     """
     if num_images < 2 or kid_images < 2:
         raise UsageError(f"KID and FID need at least 2 images, got {min(num_images, kid_images)}")
+    sampling = {"sampler": DEFAULT_SAMPLER, **(sampling or {})}
+    samplers.get_sampler(sampling["sampler"], **{key: value for key, value in sampling.items()
+                                                 if key not in ("sampler", "spacing")})
+    seeding.check_seed(seed)
     model = runs.load_checkpoint(checkpoint)
     batch_size = batch_size or backend.default_sample_batch_size()
     if extractor is None:
@@ -143,14 +151,16 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
 
     generated = metrics.FeatureStatistics()
     generated_kid_features = []
-    rng = np.random.default_rng(seed)
-    for start in range(0, num_images, batch_size):
+    progress = keras.utils.Progbar(num_images, unit_name="image") if verbose else None
+    for start in range(0, num_images, batch_size):  # images first_image.. of the seed: any batch
         count = min(batch_size, num_images - start)
-        noises = rng.standard_normal((count, *model.image_shape), dtype=np.float32)
-        images = model.generate(count, diffusion_steps, initial_noise=noises, batch_size=batch_size)
+        images = model.generate(count, diffusion_steps, seed=seed, batch_size=batch_size,
+                                first_image=start, verbose=False, **sampling)
         sample_features = extract_features(extractor, images, batch_size)
         generated.update(sample_features)
         generated_kid_features += list(sample_features[:kid_images - len(generated_kid_features)])
+        if progress is not None:
+            progress.update(start + count)
     kid_count = min(len(real_kid_features), len(generated_kid_features))
     kid = metrics.kernel_inception_distance(real_kid_features[:kid_count],
                                             np.stack(generated_kid_features[:kid_count]))
@@ -158,12 +168,12 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     result = {
         "checkpoint": os.path.abspath(checkpoint), kid_name: float(np.asarray(kid)),
         fid_name: metrics.fid(real, generated), "features": features, "num_images": num_images,
-        "steps": diffusion_steps, "sampler": "ddim", "network": "ema", **source,
+        "steps": diffusion_steps, **sampling, "network": "ema", **source,
         "num_real_images": real.count, "kid_images": kid_count, "seed": seed,
         "reference_cache": cache_path, "reference_reused": reused,
     }
     if features == "inception":
         result.update(inception_weights=key["inception_weights"], inception_size=inception_size)
-    result["path"] = result_path(checkpoint, num_images, diffusion_steps)
+    result["path"] = result_path(checkpoint, num_images, diffusion_steps, sampling["sampler"])
     runs.write_json(result["path"], result)
     return result

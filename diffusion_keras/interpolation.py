@@ -24,9 +24,11 @@ def spherical_interpolation(a, b, t):
     return result[0] if scalar else result
 
 
-def interpolation_images(model, num_frames=8, diffusion_steps=20, seed=0):
-    """Images along the slerp between two seeded noises, as (num_frames, H, W, C) in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    start, end = rng.standard_normal((2, *model.image_shape), dtype=np.float32)
+def interpolation_images(model, num_frames=8, diffusion_steps=20, seed=0, **sampling):
+    """Images along the slerp between the noises of images 0 and 1 of `seed` (so the ends are
+    `generate`'s first two images for that seed), as (num_frames, H, W, C) in [0, 1]; `sampling`:
+    `generate`'s sampler, spacing and options."""
+    start, end = model.initial_noise(2, seed)
     noises = spherical_interpolation(start, end, np.linspace(0.0, 1.0, num_frames))
-    return model.generate(num_frames, diffusion_steps, initial_noise=noises)
+    return model.generate(num_frames, diffusion_steps, initial_noise=noises, seed=seed,
+                          verbose=False, **sampling)

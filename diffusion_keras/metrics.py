@@ -12,9 +12,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from diffusion_keras.config import INCEPTION_SIZE
 from diffusion_keras.errors import UsageError
 
-INCEPTION_SIZE = 299
 MIN_INCEPTION_SIZE = 75  # the smallest input InceptionV3 accepts
 
 

@@ -6,20 +6,20 @@ Training goes through Keras' own `fit` on every backend: `call` normalises a bat
 
 import functools
 import math
+import time
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from diffusion_keras import backend, samplers, targets
-from diffusion_keras.config import ModelConfig
+from diffusion_keras import backend, samplers, seeding, targets
+from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
 from diffusion_keras.errors import UsageError
-from diffusion_keras.schedules import get_schedule
+from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
 from diffusion_keras.unet import build_unet
 
 EDM_LOG_SIGMA_MEAN = -1.2 + math.log(2.0)  # Karras et al.'s P_mean for sigma_data 0.5; ours is 1
 EDM_LOG_SIGMA_STD = 1.2
-LOG_SIGMA_TABLE_SIZE = 1025
 
 
 @keras.saving.register_keras_serializable(package="diffusion_keras")
@@ -59,11 +59,9 @@ class DiffusionModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(config.seed)
         self.noise_loss_tracker = keras.metrics.Mean(name="noise_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="image_loss")
-        if config.time_distribution == "lognormal":  # computed eagerly, outside any traced step
-            times = np.linspace(0.0, 1.0, LOG_SIGMA_TABLE_SIZE, dtype="float32")
-            noise_rates, signal_rates = map(ops.convert_to_numpy, self.diffusion_schedule(times))
-            log_sigmas = np.log(np.maximum(noise_rates, 1e-8) / np.maximum(signal_rates, 1e-8))
-            self._log_sigma_table = (np.maximum.accumulate(log_sigmas), times)
+        # computed eagerly, outside any traced step: noise levels -> times, for sigma-spaced sampling
+        # grids and EDM's training noise levels
+        self.log_sigma_table = log_sigma_table(self.diffusion_schedule)
         self._samplers = {}
         self.built = True
 
@@ -140,20 +138,19 @@ class DiffusionModel(keras.Model):
         normals = keras.random.normal(shape, seed=self.seed_generator)
         if distribution == "logit_normal":
             return ops.sigmoid(normals)
-        return self.times_of_log_sigmas(EDM_LOG_SIGMA_MEAN + EDM_LOG_SIGMA_STD * normals)
+        return times_of_log_sigmas(self.log_sigma_table,
+                                   EDM_LOG_SIGMA_MEAN + EDM_LOG_SIGMA_STD * normals)
 
-    def times_of_log_sigmas(self, log_sigmas):
-        """The schedule's times where log(noise_rate / signal_rate) takes these values (clipped to
-        the schedule's range), by linear interpolation in a table of the schedule."""
-        table, times = (ops.convert_to_tensor(values) for values in self._log_sigma_table)
-        log_sigmas = ops.clip(log_sigmas, table[0], table[-1])
-        upper = ops.clip(ops.searchsorted(table, ops.reshape(log_sigmas, (-1,))), 1,
-                         LOG_SIGMA_TABLE_SIZE - 1)
-        upper = ops.reshape(upper, ops.shape(log_sigmas))
-        low, high = ops.take(table, upper - 1), ops.take(table, upper)
-        fractions = ops.where(high > low, (log_sigmas - low) / ops.maximum(high - low, 1e-12), 0.0)
-        low_times = ops.take(times, upper - 1)
-        return low_times + fractions * (ops.take(times, upper) - low_times)
+    def restart_training_noise(self, epoch):
+        """Start epoch `epoch`'s training noise from (seed, epoch) (`seeding.epoch_seed`).
+
+        `.keras` files do not keep a SeedGenerator's state, so a resumed run calls this to draw
+        exactly the noise an uninterrupted one did (`callbacks.EpochSeeds` calls it every epoch).
+        """
+        if self.config.seed is None:  # an unseeded model draws fresh noise every run
+            return
+        state = self.seed_generator.state
+        state.assign(seeding.epoch_seed(self.config.seed, epoch).astype(state.dtype))
 
     def update_ema(self):
         """ema <- m * ema + (1 - m) * online, for every weight (BatchNorm statistics included), once
@@ -181,57 +178,86 @@ class DiffusionModel(keras.Model):
         self.training_steps.assign(steps + 1.0)
 
     def sampling_times(self, diffusion_steps, spacing="uniform"):
-        """The sampler's time grid; on the model's integer timesteps for the DDPM formulation."""
+        """The times the network is called at (`samplers.sampling_times`); on the model's integer
+        timesteps for the DDPM formulation."""
         timesteps = self.config.timesteps if self.config.formulation == "ddpm" else None
-        return samplers.sampling_times(diffusion_steps, spacing, timesteps)
+        return samplers.sampling_times(diffusion_steps, spacing, self.log_sigma_table, timesteps)
 
-    def reverse_diffusion(self, initial_noise, diffusion_steps, sampler="ddim", spacing="uniform",
-                          seed=0, **options):
-        """Pure noise to normalised images with the EMA network and any sampler (see `samplers`)."""
+    def reverse_diffusion(self, initial_noise, diffusion_times, sampler=DEFAULT_SAMPLER,
+                          step_seeds=None, callback=None, **options):
+        """Pure noise to normalised images with the EMA network, any sampler (see `samplers`) and
+        the times from `sampling_times`."""
         sample = samplers.get_sampler(sampler, **options)
-        return sample(self.denoise, initial_noise, self.sampling_times(diffusion_steps, spacing),
-                      self.diffusion_schedule, seed=seed)
+        return sample(self.denoise, initial_noise, diffusion_times, self.diffusion_schedule,
+                      step_seeds=step_seeds, callback=callback)
 
-    def initial_noise(self, num_images, seed=None):
-        """Standard normal noise shaped like a batch of images; `seed` makes it repeatable."""
-        shape = (num_images, *self.image_shape)
-        return keras.random.normal(shape, seed=self.seed_generator if seed is None else seed)
+    def initial_noise(self, num_images, seed=0, first_image=0):
+        """The seeded starting noise of images first_image.. (`seeding`: NumPy, every backend)."""
+        seeding.check_seed(seed)
+        return seeding.initial_noise(seed, first_image, num_images, self.image_shape)
 
     def generate(self, num_images, diffusion_steps=20, initial_noise=None, seed=None,
-                 batch_size=None, sampler="ddim", spacing="uniform", **options):
+                 batch_size=None, sampler=DEFAULT_SAMPLER, spacing=None, callback=None,
+                 verbose="auto", first_image=0, **options):
         """Sample `num_images` images in [0, 1] as a NumPy array (N, H, W, C), batch by batch.
 
-        `sampler` is a name in `samplers.SAMPLERS`, `options` its settings (eta, variance). Stochastic
-        samplers seed batch b's fresh noise with seed + b, so their samples depend on `batch_size`
-        (default: this device's fastest, `backend.default_sample_batch_size()`).
+        `sampler` is a name in `samplers.SAMPLERS`, `options` its settings (eta, variance),
+        `spacing` its time grid (default: the sampler's best, `DEFAULT_SPACINGS`). One seed
+        per image: image i is a function of (seed, first_image + i) and these settings only, whatever
+        `batch_size` (default: this device's fastest) or `num_images`; `initial_noise` replaces the
+        seeded starting noise (interpolation). `callback(step, time, noisy_images, pred_images)`
+        (normalised space, every batch) runs the sampler eagerly, step by step. `verbose`: a
+        progress bar (images/s, time left); "auto" shows it when there is more than one batch.
         """
-        if diffusion_steps < 1:
-            raise UsageError(f"diffusion steps must be a positive integer, got {diffusion_steps}")
-        if initial_noise is None:
-            if num_images < 1:
-                raise UsageError(f"number of images must be positive, got {num_images}")
-            initial_noise = self.initial_noise(num_images, seed)
-        initial_noise = ops.convert_to_tensor(initial_noise, dtype="float32")
+        spacing = spacing or DEFAULT_SPACINGS.get(sampler, "uniform")
+        samplers.get_sampler(sampler, **options)  # bad settings fail here, before any work
+        times = self.sampling_times(diffusion_steps, spacing)
+        if initial_noise is not None:
+            initial_noise = np.asarray(ops.convert_to_numpy(initial_noise), dtype="float32")
+            if initial_noise.shape[1:] != self.image_shape:
+                raise UsageError(f"initial noise must be shaped (N, *{self.image_shape}) for this "
+                                 f"model, got {initial_noise.shape}")
+            num_images = len(initial_noise)
+        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) \
+                or num_images < 1:
+            raise UsageError(f"number of images must be a positive integer, got {num_images!r}")
         if seed is None:
-            seed = keras.random.randint((), 0, 2**30, seed=self.seed_generator)
-        sample = self._compiled_sampler(diffusion_steps, sampler, spacing, options)
-        batch_size = batch_size or backend.default_sample_batch_size()
-        batches = [
-            ops.convert_to_numpy(sample(initial_noise[start:start + batch_size],
-                                        ops.convert_to_tensor(seed + index, "int32")))
-            for index, start in enumerate(range(0, ops.shape(initial_noise)[0], batch_size))
-        ]
+            seed = int(ops.convert_to_numpy(
+                keras.random.randint((), 0, 2**31 - 1, seed=self.seed_generator)))
+        seeding.check_seed(seed)
+        batch_size = min(batch_size or backend.default_sample_batch_size(), num_images)
+        if callback is None:
+            sample = self._compiled_sampler(times, sampler, options)
+        else:
+            def sample(noise, step_seeds):
+                return self.denormalize(self.reverse_diffusion(
+                    noise, times, sampler, step_seeds, callback, **options))
+        show = num_images > batch_size if verbose == "auto" else bool(verbose)
+        progress = keras.utils.Progbar(num_images, unit_name="image",
+                                       stateful_metrics=["images/s"]) if show else None
+        started, batches = time.perf_counter(), []
+        for start in range(0, num_images, batch_size):
+            count = min(batch_size, num_images - start)
+            noise = (initial_noise[start:start + count] if initial_noise is not None
+                     else self.initial_noise(count, seed, first_image + start))
+            step_seeds = seeding.step_seeds(seed, first_image + start, count, len(times) - 1)
+            if count < batch_size:  # a full batch keeps one compiled shape; the rest is discarded
+                noise = np.concatenate([noise, np.zeros((batch_size - count, *noise.shape[1:]),
+                                                        "float32")])
+                step_seeds = np.pad(step_seeds, ((0, 0), (0, batch_size - count), (0, 0)))
+            batches.append(ops.convert_to_numpy(sample(noise, step_seeds))[:count])
+            if progress is not None:
+                done = start + count
+                progress.update(done, [("images/s", done / (time.perf_counter() - started))])
         return np.concatenate(batches)
 
-    def _compiled_sampler(self, diffusion_steps, sampler, spacing, options):
+    def _compiled_sampler(self, diffusion_times, sampler, options):
         """One compiled graph per sampler setting: the whole sampling loop, then denormalisation."""
-        samplers.get_sampler(sampler, **options)  # bad settings fail here, not inside a trace
-        self.sampling_times(diffusion_steps, spacing)
-        key = (diffusion_steps, sampler, spacing, tuple(sorted(options.items())))
+        key = (tuple(diffusion_times.tolist()), sampler, tuple(sorted(options.items())))
         if key not in self._samplers:
-            def sample(initial_noise, seed):
+            def sample(initial_noise, step_seeds):
                 return self.denormalize(self.reverse_diffusion(
-                    initial_noise, diffusion_steps, sampler, spacing, seed, **options))
+                    initial_noise, diffusion_times, sampler, step_seeds, **options))
 
             variables = self.ema_network.variables + self.normalizer.variables
             self._samplers[key] = backend.compile_function(sample, variables)

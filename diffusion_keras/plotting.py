@@ -10,12 +10,17 @@ from PIL import Image
 
 from diffusion_keras.runs import atomic_write
 
+# grids and GIFs are enlarged (nearest neighbour, whole pixels) until their shorter side reaches this
+MIN_PICTURE_SIDE = 256
+
 
 def image_grid(images, rows=None, cols=None, padding=1):
-    """Tile (N, H, W, C) images in [0, 1] into one uint8 picture, row by row."""
+    """Tile (N, H, W, C) images in [0, 1] into one uint8 picture, row by row (every image shown:
+    the side not given is computed from the other)."""
     images = np.asarray(images)
     count = len(images)
-    cols = cols or math.ceil(math.sqrt(count))
+    if cols is None:
+        cols = math.ceil(count / rows) if rows else math.ceil(math.sqrt(count))
     rows = rows or math.ceil(count / cols)
     height, width, channels = images.shape[1:]
     grid = np.ones(
@@ -29,8 +34,15 @@ def image_grid(images, rows=None, cols=None, padding=1):
     return grid
 
 
+def enlarged(picture, min_side=MIN_PICTURE_SIDE):
+    """A uint8 (H, W, C) picture scaled up by a whole factor (nearest neighbour: pixels stay
+    sharp) until its shorter side reaches `min_side`, so a 16x16 sample is not a dot."""
+    factor = max(1, math.ceil(min_side / min(picture.shape[:2])))
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def save_png(picture, path):
-    """Write a uint8 (H, W, C) picture as PNG, atomically."""
+    """Write a uint8 (H, W, C) picture as PNG, atomically, at its own size."""
     picture = picture[..., 0] if picture.shape[-1] == 1 else picture
     with atomic_write(path) as temporary:
         Image.fromarray(picture).save(temporary, format="PNG")
@@ -38,7 +50,8 @@ def save_png(picture, path):
 
 
 def save_image_grid(images, path, rows=None, cols=None):
-    return save_png(image_grid(images, rows, cols), path)
+    """Images in [0, 1] as one grid PNG, enlarged to be readable (`enlarged`)."""
+    return save_png(enlarged(image_grid(images, rows, cols)), path)
 
 
 def display(images, n=None, size=2.0, cmap=None, as_type=None, save_to=None, cols=None):
@@ -59,15 +72,19 @@ def display(images, n=None, size=2.0, cmap=None, as_type=None, save_to=None, col
         axis.axis("off")
     for axis, image in zip(axes.flat, images):
         if image.ndim == 3 and image.shape[-1] == 1:
-            axis.imshow(image[..., 0], cmap=cmap or "gray")
+            axis.imshow(image[..., 0], cmap=cmap or "gray", interpolation="nearest")
         else:
-            axis.imshow(image, cmap=cmap)
+            axis.imshow(image, cmap=cmap, interpolation="nearest")
     figure.tight_layout()
     return _finish(figure, save_to)
 
 
 def _finish(figure, save_to):
-    """Save a figure atomically (format from the extension), show it inline in a notebook, or close it."""
+    """Save a figure atomically (format from the extension); show it in a notebook, or close it.
+
+    Returns the figure, or None where it was shown inline: a notebook cell would otherwise display
+    the returned figure a second time.
+    """
     import matplotlib.pyplot as plt
 
     if save_to is not None:
@@ -75,8 +92,8 @@ def _finish(figure, save_to):
             figure.savefig(temporary, format=os.path.splitext(save_to)[1][1:])
     if plt.get_backend().lower().endswith("inline"):
         plt.show()
-    else:
-        plt.close(figure)
+        return None
+    plt.close(figure)
     return figure
 
 
@@ -100,6 +117,8 @@ def plot_losses(log, save_to=None):
         points = [(row["epoch"], row[column]) for row in log if column in row]
         axis.plot(*zip(*points), marker="o", label=column, linestyle="--" if "val_" in column else "-")
     axis.set_xlabel("epoch")
+    axis.set_ylabel("mean absolute error (log scale)")
+    axis.set_title("Training losses (val_: held-out images, EMA network)")
     axis.set_yscale("log")  # image losses are several times the noise losses
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend()
@@ -119,6 +138,8 @@ def plot_schedules(save_to=None, num_points=201):
         axis.plot(times, signal_rates, color=colour, label=f"{name} signal rate")
         axis.plot(times, noise_rates, color=colour, linestyle="--", label=f"{name} noise rate")
     axis.set_xlabel("diffusion time")
+    axis.set_ylabel("rate")
+    axis.set_title("Diffusion schedules: noisy = signal rate x image + noise rate x noise")
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -141,42 +162,55 @@ def forward_process(images, schedule, times=(0.0, 0.25, 0.5, 0.75, 1.0), seed=0)
 
 
 def plot_forward_process(images, schedule, times=(0.0, 0.25, 0.5, 0.75, 1.0), seed=0, save_to=None):
-    """A few images (rows) at 0/25/50/75/100% of the diffusion time (columns)."""
+    """A few images (rows): the clean original, then noised at 0/25/50/75/100% of the diffusion
+    time (columns)."""
     frames = forward_process(images, schedule, times, seed)
-    figure, axes = _figure(len(images), len(times), figsize=(1.6 * len(times), 1.6 * len(images)),
+    titles = ["original", *(f"t = {time:.2f}" for time in times)]
+    return plot_image_table([np.asarray(images), *frames], titles,
+                            "Forward process: noise added to training images", save_to)
+
+
+def plot_image_table(columns, titles, title, save_to=None, size=1.6):
+    """Images in a labelled table: column k shows the images of `columns[k]` (N, H, W, C) in
+    [0, 1], one per row, under `titles[k]`; pixels drawn sharp (nearest neighbour)."""
+    rows = len(columns[0])
+    figure, axes = _figure(rows, len(columns), figsize=(size * len(columns), size * rows + 0.6),
                            squeeze=False)
-    for column, (time, noisy_images) in enumerate(zip(times, frames)):
-        axes[0, column].set_title(f"t = {time:.0%}")
-        for row, image in enumerate(noisy_images):
-            axes[row, column].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+    for column, (images, name) in enumerate(zip(columns, titles)):
+        axes[0, column].set_title(name, fontsize="small")
+        for row, image in enumerate(images):
+            axes[row, column].imshow(image[..., 0] if image.shape[-1] == 1 else image,
+                                     cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     for axis in axes.flat:
         axis.axis("off")
+    figure.suptitle(title)
     figure.tight_layout()
     return _finish(figure, save_to)
 
 
-def reverse_process(model, num_images=16, diffusion_steps=20, seed=0):
-    """Record DDIM step by step with the EMA network: (noisy_frames, pred_frames), each
-    (diffusion_steps, N, H, W, C) in [0, 1]; frame k is before step k+1 and its x0 prediction."""
+def reverse_process(model, num_images=16, diffusion_steps=20, seed=0, **sampling):
+    """Record sampling step by step with the EMA network and any sampler (`sampling`: `generate`'s
+    sampler, spacing and options): (noisy_frames, pred_frames, times); the frames are each
+    (steps, N, H, W, C) in [0, 1]: frame k is the state at grid time `times[k]` and its clean
+    estimate; the last estimate is the sample `generate` returns."""
     from keras import ops
 
-    from diffusion_keras.samplers import ddim_step
+    noisy_frames, pred_frames, times = [], [], []
 
-    noisy_images = model.initial_noise(num_images, seed=seed)
-    times = model.sampling_times(diffusion_steps)  # the grid `generate` uses (DDPM: integer steps)
-    ones = ops.ones((num_images, 1, 1, 1))
-    noisy_frames, pred_frames = [], []
-    for time, next_time in zip(times[:-1], times[1:]):
-        next_noisy_images, pred_images = ddim_step(model.denoise, model.diffusion_schedule,
-                                                   noisy_images, ones * time, ones * next_time)
+    def record(step, time, noisy_images, pred_images):
         noisy_frames.append(ops.convert_to_numpy(model.denormalize(noisy_images)))
         pred_frames.append(ops.convert_to_numpy(model.denormalize(pred_images)))
-        noisy_images = next_noisy_images
-    return np.stack(noisy_frames), np.stack(pred_frames)
+        times.append(time)
+
+    model.generate(num_images, diffusion_steps, seed=seed, batch_size=num_images, callback=record,
+                   verbose=False, **sampling)
+    return np.stack(noisy_frames), np.stack(pred_frames), np.array(times)
 
 
 def save_gif(pictures, path, duration=120, final_hold=1000):
-    """uint8 (H, W, C) pictures as a looping animated GIF, written atomically; the last is held."""
+    """uint8 (H, W, C) pictures as a looping animated GIF, written atomically, enlarged to be
+    readable (`enlarged`); the last is held."""
+    pictures = [enlarged(picture) for picture in pictures]
     frames = [Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
               for picture in pictures]
     durations = [duration] * (len(frames) - 1) + [final_hold]
@@ -186,17 +220,22 @@ def save_gif(pictures, path, duration=120, final_hold=1000):
     return path
 
 
-def save_reverse_process(model, folder, num_images=16, diffusion_steps=20, seed=0, num_columns=8):
+def save_reverse_process(model, folder, num_images=16, diffusion_steps=20, seed=0, num_columns=8,
+                         **sampling):
     """`reverse_process.gif` (the grid denoised step by step, then the final images) and
-    `reverse_process_x0.png` (rows: a few images; columns: the x0 prediction along the steps)."""
-    noisy_frames, pred_frames = reverse_process(model, num_images, diffusion_steps, seed)
+    `reverse_process_x0.png` (rows: a few images; columns: the clean-image estimate along the steps,
+    labelled with their times)."""
+    noisy_frames, pred_frames, times = reverse_process(model, num_images, diffusion_steps, seed,
+                                                       **sampling)
     pictures = [image_grid(frame) for frame in noisy_frames] + [image_grid(pred_frames[-1])]
     gif = save_gif(pictures, os.path.join(folder, "reverse_process.gif"))
     steps = len(pred_frames)  # the DDPM grid may merge steps that round to one timestep
     columns = np.unique(np.linspace(0, steps - 1, min(num_columns, steps)).round()).astype(int)
     rows = min(num_images, 4)
-    sequence = pred_frames[columns, :rows].transpose(1, 0, 2, 3, 4).reshape(-1, *pred_frames.shape[2:])
-    png = save_image_grid(sequence, os.path.join(folder, "reverse_process_x0.png"), rows, len(columns))
+    png = os.path.join(folder, "reverse_process_x0.png")
+    plot_image_table([pred_frames[column, :rows] for column in columns],
+                     [f"t = {times[column]:.2f}" for column in columns],
+                     "Clean-image estimate along the reverse process", png)
     return gif, png
 
 
@@ -205,8 +244,10 @@ def plot_before_after(untrained_images, trained_images, save_to=None, titles=("u
     figure, axes = _figure(1, 2, figsize=(8, 4.4))
     for axis, images, title in zip(axes, (untrained_images, trained_images), titles):
         grid = image_grid(images)
-        axis.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray")
+        axis.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray",
+                    interpolation="nearest")
         axis.set_title(title)
         axis.axis("off")
+    figure.suptitle("Samples from the same noises")
     figure.tight_layout()
     return _finish(figure, save_to)

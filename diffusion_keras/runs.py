@@ -4,6 +4,8 @@ import contextlib
 import glob
 import json
 import os
+import signal
+import threading
 import time
 import zipfile
 from typing import NamedTuple
@@ -15,6 +17,7 @@ from diffusion_keras.errors import UsageError
 RUNS_ROOT = "runs"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @contextlib.contextmanager
@@ -40,13 +43,26 @@ def write_json(path, data):
 
 
 def new_run_dir(root=RUNS_ROOT):
-    """A fresh `root/<timestamp>` folder, checked writable before any training starts."""
+    """A fresh `root/<timestamp>` path, checked creatable but not created: a run that fails to
+    start leaves no folder behind (`prepare_run_dir` makes it once training starts)."""
     run_dir = os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
     suffix = 1
     while os.path.exists(run_dir):
         suffix += 1
         run_dir = os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
-    return prepare_run_dir(run_dir)
+    return check_creatable(run_dir, "run folder", "--run-dir")
+
+
+def check_creatable(folder, what, flag):
+    """`folder` if it is a writable folder, or could be created as one; else a one-line error."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is not a folder" if not os.path.isdir(existing) else "is not writable"
+        raise UsageError(f"cannot write to {what} {folder!r}: {existing!r} {reason}; choose "
+                         f"another {flag}")
+    return folder
 
 
 def prepare_run_dir(run_dir):
@@ -82,6 +98,26 @@ def newest_checkpoint(root=RUNS_ROOT):
     return max(candidates, key=os.path.getmtime)
 
 
+def find_checkpoint(path=None):
+    """The checkpoint a `--checkpoint` names: a .keras file as is; a run folder (or its
+    checkpoints/ folder) gives its best.keras (lowest validation loss) or, without one, its newest
+    epoch; nothing gives the newest epoch checkpoint under runs/."""
+    if path is None:
+        return newest_checkpoint()
+    if not os.path.isdir(path):
+        return path
+    folder = path if os.path.basename(os.path.normpath(path)) == CHECKPOINT_DIR \
+        else os.path.join(path, CHECKPOINT_DIR)
+    best = os.path.join(folder, "best.keras")
+    if os.path.isfile(best):
+        return best
+    epochs = sorted(glob.glob(os.path.join(folder, "epoch_*.keras")))
+    if not epochs:
+        raise UsageError(f"folder {path!r} holds no checkpoint (checkpoints/best.keras or "
+                         "epoch_NNNN.keras); pass a run folder made by train.py or a .keras file")
+    return epochs[-1]
+
+
 def load_checkpoint(path, compile=False):
     """Load a DiffusionModel saved as `.keras`; a one-line error for missing or foreign files."""
     from diffusion_keras.model import DiffusionModel
@@ -106,6 +142,26 @@ def checkpoint_epoch(path):
     return int(os.path.basename(path)[len("epoch_"):-len(".keras")])
 
 
+@contextlib.contextmanager
+def finish_before_stopping():
+    """Let a Ctrl-C or SIGTERM that arrives inside the block wait for its end, then stop with
+    KeyboardInterrupt: a checkpoint being written (atomic, seconds) is finished, not thrown away.
+    Signals are only caught in the main thread; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    handlers = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def read_json(path, what):
     try:
         with open(path) as file:
@@ -116,11 +172,14 @@ def read_json(path, what):
 
 
 def newest_run(root=RUNS_ROOT):
-    """The run under `root` written to most recently (its config or newest checkpoint)."""
-    configs = glob.glob(os.path.join(root, "*", "config.json"))
-    if not configs:
-        raise UsageError(f"no runs found under {root!r} to resume; pass --resume RUN_DIR")
-    return max((os.path.dirname(config) for config in configs), key=last_written)
+    """The run under `root` with a checkpoint to resume from, written to most recently (its config
+    or newest checkpoint); runs that never completed an epoch are passed over."""
+    candidates = [os.path.dirname(config) for config in glob.glob(os.path.join(root, "*", "config.json"))]
+    candidates = [run_dir for run_dir in candidates if run_checkpoints(run_dir)]
+    if not candidates:
+        raise UsageError(f"no run under {root!r} has a checkpoint to resume from; pass --resume "
+                         "RUN_DIR or start a new run")
+    return max(candidates, key=last_written)
 
 
 def last_written(run_dir):

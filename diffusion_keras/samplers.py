@@ -8,121 +8,140 @@ Notation (papers -> code), with noise_rates**2 + signal_rates**2 == 1:
 
 `denoise(noisy_images, noise_rates, signal_rates) -> (pred_noises, pred_images)` is all a sampler
 sees (`targets` turns any network parametrisation into it). Every sampler has the signature
-`sampler(denoise, initial_noise, diffusion_times, schedule, *, seed=0, **options)`, where
-`diffusion_times` is a decreasing 1-D tensor from the first to the last time (`sampling_times` makes
-one), and is a step function inside one `keras.ops.fori_loop` with any history in the loop state, so
-a backend compiles the whole reverse process as one graph. Each returns the last clean-image estimate
-(in the model's normalised space). Arithmetic is float32; fresh noise is seeded from (seed, step).
+`sampler(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None,
+**options)`. `diffusion_times` (`sampling_times` makes them) are the decreasing times where the
+network is called: the sampler steps from each to the next, and the last call's clean-image estimate
+is the sample, so no call is spent where its answer would be thrown away, and the final state is
+always denoised (on a schedule whose last time still holds noise, e.g. offset-cosine's t = 0).
+The steps run in one `keras.ops.fori_loop`, any history in the loop state, so a backend compiles the
+whole reverse process as one graph; with a `callback(step, time, noisy_images, pred_images)` they
+run eagerly instead, one call per network call's input and estimate (GIFs, x0 strips).
+`step_seeds` (steps, batch, 2) seed each image's fresh noise at each step (`seeding`).
+Arithmetic is float32; images are in the model's normalised space.
 """
 
 import functools
 import inspect
 
-import keras
 import numpy as np
 from keras import ops
 
+from diffusion_keras import seeding
+from diffusion_keras.config import SPACINGS, VARIANCES
 from diffusion_keras.errors import UsageError
+from diffusion_keras.schedules import times_of_log_sigmas
 
-SPACINGS = ("uniform", "quadratic")
-VARIANCES = ("posterior", "beta")
+KARRAS_RHO = 7.0
+# EDM's smallest noise level (0.002 for data of standard deviation 0.5), for our unit-variance data:
+# where sigma-spaced grids end on schedules that reach sigma = 0.
+SIGMA_MIN = 0.004
 
 
-def sampling_times(steps, spacing="uniform", timesteps=None):
-    """`steps + 1` decreasing diffusion times from 1 to 0, as float32 NumPy.
+def sampling_times(steps, spacing, log_sigma_table, timesteps=None):
+    """The `steps` decreasing times, from t = 1, where a sampler calls the network (as float32 NumPy).
 
-    "uniform" spaces them evenly, "quadratic" packs them near t = 0 (DDIM, Song et al. 2021, D.2).
-    With `timesteps` T (discrete DDPM) the times are snapped to the grid k / T, without repeats.
+    Where the schedule reaches sigma = 0 at t = 0, a call there would return its input, so the grid
+    stops short of it (uniform: 1, (n-1)/n, ..., 1/n); where t = 0 still holds noise
+    (offset-cosine) the grid ends at t = 0. "uniform" and "quadratic" (denser near the image; Song et
+    al. 2021, D.2) space the times; "karras" spaces sigma^(1/7) evenly (Karras et al. 2022, eq. 5)
+    and "log_snr" log(sigma) (the grid DPM-Solver is analysed on), both from sigma(1) down to the
+    schedule's sigma at t = 0 or `SIGMA_MIN`. With `timesteps` T (discrete DDPM) the times are
+    snapped to the grid k / T, k >= 1, without repeats. `log_sigma_table` is the schedule's
+    `schedules.log_sigma_table`.
     """
-    if steps < 1:
-        raise UsageError(f"diffusion steps must be a positive integer, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise UsageError(f"diffusion steps must be a positive integer, got {steps!r}")
     if spacing not in SPACINGS:
         raise UsageError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
-    times = np.linspace(1.0, 0.0, steps + 1)
-    if spacing == "quadratic":
-        times = times**2
+    if timesteps and steps > timesteps:
+        raise UsageError(f"{steps} steps exceed the model's {timesteps} discrete timesteps")
+    log_sigmas, _ = log_sigma_table
+    ends_noisy = log_sigmas[0] > np.log(1e-6)
+    if spacing in ("uniform", "quadratic"):
+        fractions = np.linspace(0.0, 1.0, steps) if ends_noisy else np.arange(steps) / steps
+        times = 1.0 - fractions if spacing == "uniform" else (1.0 - fractions) ** 2
+    else:
+        high = log_sigmas[-1]
+        low = log_sigmas[0] if ends_noisy else max(np.log(SIGMA_MIN), log_sigmas[0])
+        fractions = np.linspace(0.0, 1.0, steps)
+        if spacing == "karras":
+            high_root, low_root = np.exp(high / KARRAS_RHO), np.exp(low / KARRAS_RHO)
+            grid = KARRAS_RHO * np.log(high_root + fractions * (low_root - high_root))
+        else:
+            grid = high + fractions * (low - high)
+        times = ops.convert_to_numpy(times_of_log_sigmas(log_sigma_table, grid.astype("float32")))
+        times[0] = 1.0
     if timesteps:
-        if steps > timesteps:
-            raise UsageError(f"{steps} steps exceed the model's {timesteps} discrete timesteps")
-        times = np.unique(np.round(times * timesteps))[::-1] / timesteps
-    return times.astype("float32")
+        times = np.unique(np.maximum(np.round(times * timesteps), 1))[::-1] / timesteps
+    return np.asarray(times, dtype="float32")
 
 
-class StepSeed(keras.random.SeedGenerator):
-    """The seed (seed, step) for one draw inside a compiled loop.
+def run_steps(step, denoise, initial_noise, diffusion_times, schedule, history=(), callback=None):
+    """Step between consecutive `diffusion_times`, then denoise at the last one and return that
+    estimate. `step(index, rates, next_rates, noisy_images, *history) -> ((next_noisy_images,
+    *history), pred_images)`, rates being (noise_rates, signal_rates) shaped like a batch."""
+    times = ops.cast(ops.convert_to_tensor(diffusion_times), "float32")
+    noise_rates, signal_rates = schedule(times)
+    ones = ops.ones_like(initial_noise[:, :1, :1, :1], dtype="float32")
 
-    `keras.random` takes ints or SeedGenerators, not tensors, and a real SeedGenerator's state
-    variable cannot be updated inside a traced loop; this one has no state, only the seed pair.
-    """
-
-    def __init__(self, seed, step):  # no super().__init__: that would create the state variable
-        self.seeds = ops.cast(ops.stack([ops.cast(seed, "int32"), ops.cast(step, "int32")]), "uint32")
-
-    def next(self, ordered=True):
-        return self.seeds
-
-
-def run_steps(step, initial_noise, diffusion_times, *history):
-    """fori_loop over the time pairs: `step(index, times, next_times, noisy_images, pred_images,
-    *history) -> (next_noisy_images, pred_images, *history)`; returns the last pred_images."""
-    diffusion_times = ops.cast(ops.convert_to_tensor(diffusion_times), "float32")
-    ones = ops.ones_like(initial_noise[:, :1, :1, :1])
+    def rates(index):
+        return ones * ops.take(noise_rates, index), ones * ops.take(signal_rates, index)
 
     def body(index, state):
-        times = ones * ops.take(diffusion_times, index)
-        next_times = ones * ops.take(diffusion_times, index + 1)
-        return step(index, times, next_times, *state)
+        return step(index, rates(index), rates(index + 1), *state)[0]
 
-    steps = int(ops.shape(diffusion_times)[0]) - 1
-    initial_noise = ops.cast(initial_noise, "float32")
-    state = (initial_noise, initial_noise, *history)
-    return ops.fori_loop(0, steps, body, state)[1]
-
-
-def ddim_step(denoise, schedule, noisy_images, diffusion_times, next_diffusion_times, eta=0.0,
-              noises=None):
-    """One DDIM step (Song et al. 2021, eq. 12) from time t to the earlier t_next; with eta > 0,
-    `noises` (standard normal, like the images) supply the fresh noise.
-
-    Returns (next_noisy_images, pred_images); usable eagerly to record a reverse trajectory.
-    """
-    noise_rates, signal_rates = schedule(diffusion_times)
-    pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
-    next_noise_rates, next_signal_rates = schedule(next_diffusion_times)
-    if eta == 0.0:  # deterministic: no variance to compute on every step
-        return next_signal_rates * pred_images + next_noise_rates * pred_noises, pred_images
-    # sigma^2 = eta^2 * (1 - a_next) / (1 - a) * (1 - a / a_next), the posterior variance times eta^2
-    sigmas = eta * ops.sqrt(ops.maximum(
-        ops.square(next_noise_rates / noise_rates)
-        * (1.0 - ops.square(signal_rates / next_signal_rates)), 0.0))
-    direction_rates = ops.sqrt(ops.maximum(ops.square(next_noise_rates) - ops.square(sigmas), 0.0))
-    return (next_signal_rates * pred_images + direction_rates * pred_noises + sigmas * noises,
-            pred_images)
+    last = len(diffusion_times) - 1
+    state = (ops.cast(initial_noise, "float32"), *history)
+    if callback is None:
+        state = ops.fori_loop(0, last, body, state)
+    else:
+        for index in range(last):
+            next_state, pred_images = step(index, rates(index), rates(index + 1), *state)
+            callback(index, float(diffusion_times[index]), state[0], pred_images)
+            state = next_state
+    _, images = denoise(state[0], *rates(last))
+    if callback is not None:
+        callback(last, float(diffusion_times[last]), state[0], images)
+    return images
 
 
-def ddim(denoise, initial_noise, diffusion_times, schedule, *, seed=0, eta=0.0):
+def fresh_noise(step_seeds, index, like):
+    """Step `index`'s standard normal noise, each image from its own seed pair."""
+    if step_seeds is None:
+        raise UsageError("a stochastic sampler needs step_seeds (see seeding.step_seeds)")
+    return seeding.per_image_normal(ops.take(step_seeds, index, axis=0), tuple(ops.shape(like)[1:]))
+
+
+def ddim(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None,
+         eta=0.0):
     """DDIM (Song et al. 2021, eq. 12): eta = 0 deterministic, eta = 1 the DDPM posterior."""
-    def step(index, times, next_times, noisy_images, _):
-        noises = None
-        if eta > 0.0:
-            noises = keras.random.normal(ops.shape(noisy_images), seed=StepSeed(seed, index))
-        return ddim_step(denoise, schedule, noisy_images, times, next_times, eta, noises)
+    def step(index, rates, next_rates, noisy_images):
+        (noise_rates, signal_rates), (next_noise_rates, next_signal_rates) = rates, next_rates
+        pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
+        if eta == 0.0:  # deterministic: no variance to compute on every step
+            return (next_signal_rates * pred_images + next_noise_rates * pred_noises,), pred_images
+        # sigma^2 = eta^2 (1 - a_next) / (1 - a) (1 - a / a_next), the posterior variance times eta^2
+        sigmas = eta * ops.sqrt(ops.maximum(
+            ops.square(next_noise_rates / noise_rates)
+            * (1.0 - ops.square(signal_rates / next_signal_rates)), 0.0))
+        direction_rates = ops.sqrt(ops.maximum(ops.square(next_noise_rates) - ops.square(sigmas), 0.0))
+        noises = fresh_noise(step_seeds, index, noisy_images)
+        return (next_signal_rates * pred_images + direction_rates * pred_noises + sigmas * noises,
+                ), pred_images
 
-    return run_steps(step, initial_noise, diffusion_times)
+    return run_steps(step, denoise, initial_noise, diffusion_times, schedule, callback=callback)
 
 
-def ddpm(denoise, initial_noise, diffusion_times, schedule, *, seed=0, variance="posterior"):
+def ddpm(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None,
+         variance="posterior"):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) with sigma^2 = posterior variance or beta_t.
 
     Between non-adjacent times beta_t is 1 - alpha_bar_t / alpha_bar_next (the skipped steps merged).
-    The last step adds no noise, as in the paper.
+    The last call returns its clean-image estimate, as the paper's noise-free last step does.
     """
-    last = int(ops.shape(ops.convert_to_tensor(diffusion_times))[0]) - 2
-
-    def step(index, times, next_times, noisy_images, _):
-        noise_rates, signal_rates = schedule(times)
+    def step(index, rates, next_rates, noisy_images):
+        (noise_rates, signal_rates), (next_noise_rates, next_signal_rates) = rates, next_rates
         _, pred_images = denoise(noisy_images, noise_rates, signal_rates)
-        next_noise_rates, next_signal_rates = schedule(next_times)
         alphas = ops.square(signal_rates / next_signal_rates)
         betas = 1.0 - alphas
         # posterior mean (Ho et al. eq. 7) of q(x_next | x_t, x_0) with x_0 = pred_images
@@ -131,64 +150,92 @@ def ddpm(denoise, initial_noise, diffusion_times, schedule, *, seed=0, variance=
             + ops.sqrt(alphas) * ops.square(next_noise_rates / noise_rates) * noisy_images
         )
         variances = betas if variance == "beta" else betas * ops.square(next_noise_rates / noise_rates)
-        noises = keras.random.normal(ops.shape(noisy_images), seed=StepSeed(seed, index))
-        not_last = ops.cast(index < last, "float32")
-        return next_noisy_images + not_last * ops.sqrt(variances) * noises, pred_images
+        noises = fresh_noise(step_seeds, index, noisy_images)
+        return (next_noisy_images + ops.sqrt(variances) * noises,), pred_images
 
-    return run_steps(step, initial_noise, diffusion_times)
+    return run_steps(step, denoise, initial_noise, diffusion_times, schedule, callback=callback)
 
 
-def dpmpp_2m(denoise, initial_noise, diffusion_times, schedule, *, seed=0):
+def dpmpp_2m(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in the data prediction.
 
-    The previous step's clean-image estimate and log-SNR step live in the loop state.
+    The previous step's clean-image estimate and log-SNR step (h) live in the loop state.
     """
-
-    def step(index, times, next_times, noisy_images, _, previous_pred_images, previous_steps):
-        noise_rates, signal_rates = schedule(times)
+    def step(index, rates, next_rates, noisy_images, previous_pred_images, previous_log_snr_steps):
+        (noise_rates, signal_rates), (next_noise_rates, next_signal_rates) = rates, next_rates
         _, pred_images = denoise(noisy_images, noise_rates, signal_rates)
-        next_noise_rates, next_signal_rates = schedule(next_times)
-        steps = ops.log(next_signal_rates / next_noise_rates) - ops.log(signal_rates / noise_rates)
-        # first order (DDIM) on the first step and on a step to sigma = 0 (infinite log-SNR step);
-        # otherwise extrapolate with the previous estimate
-        ratios = previous_steps / steps
+        log_snr_steps = (ops.log(next_signal_rates / next_noise_rates)
+                         - ops.log(signal_rates / noise_rates))
+        # first order (DDIM) on the first step; then extrapolate with the previous estimate
+        ratios = previous_log_snr_steps / log_snr_steps
         second_order = (1.0 + 0.5 / ratios) * pred_images - 0.5 / ratios * previous_pred_images
-        corrected = ops.where((index > 0) & (next_noise_rates > 0.0), second_order, pred_images)
+        corrected = ops.where(index > 0, second_order, pred_images)
         next_noisy_images = (next_noise_rates / noise_rates * noisy_images
-                             - next_signal_rates * ops.expm1(-steps) * corrected)
-        return next_noisy_images, corrected, pred_images, steps
+                             - next_signal_rates * ops.expm1(-log_snr_steps) * corrected)
+        return (next_noisy_images, pred_images, log_snr_steps), pred_images
 
+    initial_noise = ops.cast(initial_noise, "float32")
+    history = (initial_noise, ops.ones_like(initial_noise[:, :1, :1, :1]))
+    return run_steps(step, denoise, initial_noise, diffusion_times, schedule, history, callback)
+
+
+def dpmpp_3m(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None):
+    """DPM-Solver++(3M): third-order multistep in the data prediction (Lu et al. 2022, with the phi
+    functions of the exponential integrator, as k-diffusion's sample_dpmpp_3m_sde at eta = 0).
+
+    First order on the first step, second on the second; the last two estimates and log-SNR steps
+    live in the loop state.
+    """
+    def step(index, rates, next_rates, noisy_images, pred_images_1, pred_images_2, log_snr_steps_1,
+             log_snr_steps_2):
+        (noise_rates, signal_rates), (next_noise_rates, next_signal_rates) = rates, next_rates
+        _, pred_images = denoise(noisy_images, noise_rates, signal_rates)
+        h = ops.log(next_signal_rates / next_noise_rates) - ops.log(signal_rates / noise_rates)
+        phi_1 = -ops.expm1(-h)
+        phi_2 = 1.0 - phi_1 / h
+        phi_3 = phi_2 / h - 0.5
+        r0, r1 = log_snr_steps_1 / h, log_snr_steps_2 / h
+        d1_0 = (pred_images - pred_images_1) / r0
+        d1_1 = (pred_images_1 - pred_images_2) / r1
+        second = phi_2 * d1_0
+        third = phi_2 * (d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)) - phi_3 * (d1_0 - d1_1) / (r0 + r1)
+        correction = ops.where(index > 1, third, ops.where(index > 0, second, 0.0 * pred_images))
+        next_noisy_images = (next_noise_rates / noise_rates * noisy_images
+                             + next_signal_rates * (phi_1 * pred_images + correction))
+        return (next_noisy_images, pred_images, pred_images_1, h, log_snr_steps_1), pred_images
+
+    initial_noise = ops.cast(initial_noise, "float32")
     ones = ops.ones_like(initial_noise[:, :1, :1, :1])
-    return run_steps(step, initial_noise, diffusion_times, ops.cast(initial_noise, "float32"), ones)
+    history = (initial_noise, initial_noise, ones, ones)
+    return run_steps(step, denoise, initial_noise, diffusion_times, schedule, history, callback)
 
 
-def heun(denoise, initial_noise, diffusion_times, schedule, *, seed=0):
+def heun(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None):
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
 
     Integrated in x / signal_rate against sigma = noise_rate / signal_rate, where Euler is DDIM;
-    two network calls per step, one (Euler) for a step that ends at sigma = 0.
+    two network calls per step between grid times, one for the final estimate.
     """
-
-    def step(index, times, next_times, noisy_images, _):
-        noise_rates, signal_rates = schedule(times)
+    def step(index, rates, next_rates, noisy_images):
+        (noise_rates, signal_rates), (next_noise_rates, next_signal_rates) = rates, next_rates
         pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
-        next_noise_rates, next_signal_rates = schedule(next_times)
         sigmas, next_sigmas = noise_rates / signal_rates, next_noise_rates / next_signal_rates
         scaled_images = noisy_images / signal_rates
         euler_images = scaled_images + (next_sigmas - sigmas) * pred_noises
-        next_pred_noises, next_pred_images = denoise(
-            euler_images * next_signal_rates, next_noise_rates, next_signal_rates)
+        next_pred_noises, _ = denoise(euler_images * next_signal_rates, next_noise_rates,
+                                      next_signal_rates)
         heun_images = scaled_images + (next_sigmas - sigmas) * 0.5 * (pred_noises + next_pred_noises)
-        heun_pred_images = heun_images - next_sigmas * next_pred_noises
-        ends_clean = next_sigmas <= 0.0
-        next_scaled_images = ops.where(ends_clean, euler_images, heun_images)
-        final_pred_images = ops.where(ends_clean, pred_images, heun_pred_images)
-        return next_scaled_images * next_signal_rates, final_pred_images
+        return (heun_images * next_signal_rates,), pred_images
 
-    return run_steps(step, initial_noise, diffusion_times)
+    return run_steps(step, denoise, initial_noise, diffusion_times, schedule, callback=callback)
 
 
-SAMPLERS = {"ddim": ddim, "ddpm": ddpm, "dpmpp2m": dpmpp_2m, "heun": heun}
+SAMPLERS = {"dpmpp2m": dpmpp_2m, "dpmpp3m": dpmpp_3m, "ddim": ddim, "ddpm": ddpm, "heun": heun}
+
+
+def is_stochastic(name, options):
+    """Whether the sampler draws fresh noise at each step (and so reads `step_seeds`)."""
+    return name == "ddpm" or (name == "ddim" and options.get("eta", 0.0) > 0.0)
 
 
 def get_sampler(name, **options):
@@ -196,7 +243,10 @@ def get_sampler(name, **options):
     compilation) with a clear error for unknown names and bad values."""
     if name not in SAMPLERS:
         raise UsageError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    unknown = set(options) - set(inspect.signature(SAMPLERS[name]).parameters)
+    parameters = inspect.signature(SAMPLERS[name]).parameters
+    settings = {key for key, parameter in parameters.items()
+                if parameter.kind == parameter.KEYWORD_ONLY} - {"step_seeds", "callback"}
+    unknown = set(options) - settings
     if unknown:
         raise UsageError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
     if not 0.0 <= options.get("eta", 0.0) <= 1.0:
@@ -207,5 +257,6 @@ def get_sampler(name, **options):
 
 
 def network_evaluations(name, steps):
-    """Denoiser calls a sampler makes for `steps` steps (Heun: two per step), for fair comparisons."""
-    return 2 * steps if name == "heun" else steps
+    """Denoiser calls a sampler makes for `steps` grid times (Heun: two per step between them, one
+    for the final estimate), for fair comparisons."""
+    return 2 * steps - 1 if name == "heun" else steps

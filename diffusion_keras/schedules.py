@@ -6,6 +6,7 @@ time 1 (near) pure noise. Written with `keras.ops`, so all backends run them ins
 
 import math
 
+import numpy as np
 from keras import ops
 
 from diffusion_keras.errors import UsageError
@@ -73,6 +74,30 @@ def flow_diffusion_schedule(diffusion_times, max_time=0.999):
     times = ops.clip(ops.cast(diffusion_times, "float32"), 0.0, max_time)
     scales = ops.sqrt(ops.square(1.0 - times) + ops.square(times))
     return times / scales, (1.0 - times) / scales
+
+
+def log_sigma_table(schedule, size=1025):
+    """(log_sigmas, times): log(noise_rate / signal_rate) at `size` even times in [0, 1], made
+    non-decreasing, as float32 NumPy, computed eagerly once, so that times can be found for noise
+    levels (`times_of_log_sigmas`). A noise rate of 0 reads as sigma 1e-8."""
+    times = np.linspace(0.0, 1.0, size, dtype="float32")
+    noise_rates, signal_rates = map(ops.convert_to_numpy, schedule(times))
+    log_sigmas = np.log(np.maximum(noise_rates, 1e-8) / np.maximum(signal_rates, 1e-8))
+    return np.maximum.accumulate(log_sigmas).astype("float32"), times
+
+
+def times_of_log_sigmas(table, log_sigmas):
+    """The times where log(noise_rate / signal_rate) takes these values (clipped to the schedule's
+    range), by linear interpolation in a `log_sigma_table`; `keras.ops`, so usable in a compiled step."""
+    table, times = (ops.convert_to_tensor(values) for values in table)
+    size = int(ops.shape(table)[0])
+    log_sigmas = ops.clip(log_sigmas, table[0], table[-1])
+    upper = ops.clip(ops.searchsorted(table, ops.reshape(log_sigmas, (-1,))), 1, size - 1)
+    upper = ops.reshape(upper, ops.shape(log_sigmas))
+    low, high = ops.take(table, upper - 1), ops.take(table, upper)
+    fractions = ops.where(high > low, (log_sigmas - low) / ops.maximum(high - low, 1e-12), 0.0)
+    low_times = ops.take(times, upper - 1)
+    return low_times + fractions * (ops.take(times, upper) - low_times)
 
 
 SCHEDULES = {

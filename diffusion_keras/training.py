@@ -13,6 +13,7 @@ from diffusion_keras.callbacks import (
     MetricsLog,
     ProcessPlots,
     StopOnNonFiniteLoss,
+    TensorBoardSamples,
 )
 from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConfig
 from diffusion_keras.data import ImageBatches
@@ -64,6 +65,13 @@ def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), s
     return model
 
 
+def tensorboard_callbacks(run_dir):
+    """Keras' own TensorBoard callback (losses and learning rate per epoch) and the sample grids."""
+    log_dir = os.path.join(run_dir, runs.TENSORBOARD_DIR)
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
+            TensorBoardSamples(run_dir)]
+
+
 def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=(),
           resume_from=None):
     """Train on `images` (float32 NHWC in [0, 1]) with the settings of `config` (a TrainingConfig;
@@ -90,14 +98,15 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
         initial_epoch, history = 0, []
     else:
         model, initial_epoch, history, _ = resume_from
-    saved = TrainingConfig(model.config, optimization, run)
-    runs.write_json(os.path.join(run_dir, "config.json"),
-                    {**saved.to_dict(), "num_images": len(images)})
     validation = None
     if validation_images is not None:
         validation = backend.as_fit_input(
             ImageBatches(validation_images, batch_size, flip=False, shuffle=False))
     batches = ImageBatches(train_images, batch_size, flip=flip, seed=seed, epoch=initial_epoch)
+    runs.prepare_run_dir(run_dir)  # only now: a run that cannot start leaves no folder behind
+    saved = TrainingConfig(model.config, optimization, run)
+    runs.write_json(os.path.join(run_dir, "config.json"),
+                    {**saved.to_dict(), "num_images": len(images)})
     model.fit(
         backend.as_fit_input(batches, initial_epoch, epochs),
         steps_per_epoch=len(batches),
@@ -106,12 +115,13 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
         shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
         validation_data=validation,
         callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
-            EpochSeeds(seed),
+            EpochSeeds(),
             StopOnNonFiniteLoss(run_dir),
             ImageGenerator(run_dir, every=run.plot_every, seed=seed),
             MetricsLog(run_dir, history),
             Checkpointer(run_dir, keep=run.keep_checkpoints, history=history),
             ProcessPlots(run_dir, train_images, seed=seed, resumed=resume_from is not None),
+            *(tensorboard_callbacks(run_dir) if run.tensorboard else ()),
             *callbacks,
         ],
         verbose=verbose,

@@ -2,33 +2,19 @@
 
 import os
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from diffusion_keras.demo_images import write_shapes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TINY = {"image_size": 16, "widths": (8, 16), "block_depth": 1, "embedding_dims": 8}
 
 
-def write_tiny_folder(folder, count=48, size=20, seed=0):
-    """Coloured squares on gradients, in two class sub-folders, as PNG and JPEG files."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 255, size)[None, :, None]
-    for index in range(count):
-        label = "a" if index % 2 else "b"
-        os.makedirs(folder / label, exist_ok=True)
-        image = np.broadcast_to(ramp, (size, size, 3)).copy()
-        top, left = rng.integers(0, size // 2, 2)
-        image[top:top + size // 3, left:left + size // 3] = rng.integers(0, 256, 3)
-        extension = "png" if index % 3 else "jpg"
-        Image.fromarray(image.astype(np.uint8)).save(folder / label / f"{index:03d}.{extension}")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
-    return write_tiny_folder(tmp_path_factory.mktemp("images"))
+    """48 coloured squares on gradients, 20 pixels, in two class sub-folders, PNG and JPEG."""
+    return write_shapes(tmp_path_factory.mktemp("images"), count=48, size=20)
 
 
 @pytest.fixture(scope="session")

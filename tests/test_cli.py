@@ -1,5 +1,6 @@
 """The CLIs end to end on a tiny folder, their bad-input errors, and training on every backend."""
 
+import glob
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ from PIL import Image
 
 from diffusion_keras import backend
 from diffusion_keras.cli import generate, train
+from diffusion_keras.config import DEFAULT_SPACINGS
+from diffusion_keras.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8"]
@@ -19,7 +22,7 @@ TINY_ARGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--
 def trained_run(tiny_folder, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "run"
     code = train.main(["--data-dir", str(tiny_folder), "--epochs", "2", "--run-dir", str(run_dir),
-                       "--validation-split", "0.2", *TINY_ARGS])
+                       "--validation-split", "0.2", "--tensorboard", *TINY_ARGS])
     assert code == 0
     return run_dir
 
@@ -45,11 +48,12 @@ def test_generate_writes_grid_interpolation_and_metadata(trained_run, tmp_path):
                           "--output", str(tmp_path)])
     assert code == 0
     names = sorted(os.listdir(tmp_path))
-    assert "samples_seed0_steps3.png" in names and "interpolation_seed0_steps3.png" in names
-    assert len([name for name in names if name.startswith("sample_seed0")]) == 4
-    metadata = json.loads((tmp_path / "samples_seed0_steps3.json").read_text())
-    assert metadata["steps"] == 3 and metadata["sampler"] == "ddim"
-    # the device's default batch is recorded: stochastic samplers' images depend on it
+    assert "samples_dpmpp2m_seed0_steps3.png" in names
+    assert "interpolation_dpmpp2m_seed0_steps3.png" in names
+    assert len([name for name in names if name.startswith("sample_dpmpp2m_seed0")]) == 4
+    metadata = json.loads((tmp_path / "samples_dpmpp2m_seed0_steps3.json").read_text())
+    assert metadata["steps"] == 3 and metadata["sampler"] == "dpmpp2m"
+    assert metadata["spacing"] == DEFAULT_SPACINGS["dpmpp2m"]
     assert metadata["batch_size"] == backend.default_sample_batch_size()
 
 
@@ -59,7 +63,7 @@ def test_generate_defaults_to_the_newest_checkpoint_under_runs(trained_run, tmp_
     os.symlink(trained_run, runs_root / "a")
     monkeypatch.chdir(tmp_path)
     assert generate.main(["--steps", "2", "--num-images", "2"]) == 0
-    assert os.path.exists(trained_run / "generated" / "samples_seed0_steps2.png")
+    assert os.path.exists(trained_run / "generated" / "samples_dpmpp2m_seed0_steps2.png")
 
 
 def test_ctrl_c_while_generating_is_one_line_and_leaves_no_file(trained_run, tmp_path,
@@ -104,15 +108,137 @@ def assert_one_line_error(capsys, message):
     (["--data-dir", "{folder}", "--clip-norm", "0"], "clip norm must be positive"),
     (["--data-dir", "{folder}", "--learning-rate", "nan"], "learning rate must be a finite number"),
     (["--data-dir", "{folder}", "--config", "{missing}"], "cannot read config file"),
+    (["--data-dir", "{folder}", "--batch-size", "1000"], "only 48 images for batch size 1000"),
+    (["--data-dir", "{file}"], "is not a folder"),
+    (["--data-dir", "{missing}", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["--data-dir", "{missing}", "--learning-rate", "nan"], "learning rate must be a finite number"),
 ])
-def test_train_bad_input_is_one_line_and_exit_2(argv, message, tiny_folder, tmp_path, capsys):
+def test_train_bad_input_is_one_line_and_exit_2_with_no_run_folder(argv, message, tiny_folder,
+                                                                   tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    values = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folder": tiny_folder}
+    (tmp_path / "file.jpg").write_text("a file")
+    values = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folder": tiny_folder,
+              "file": tmp_path / "file.jpg"}
     argv = [arg.format(**values) for arg in argv]
     run_dir = tmp_path / "run"
     assert exit_code(train.main, [*TINY_ARGS[2:], *argv, "--run-dir", str(run_dir)]) == 2
     assert_one_line_error(capsys, message)
-    assert not os.path.exists(run_dir / "checkpoints") or not os.listdir(run_dir / "checkpoints")
+    assert not run_dir.exists(), "a run that could not start leaves no folder behind"
+
+
+def test_a_failed_start_under_runs_leaves_nothing_for_resume_to_pick(trained_run, tiny_folder,
+                                                                    tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs")
+    os.symlink(trained_run, "runs/good")
+    assert train.main(["--data-dir", str(tiny_folder), "--batch-size", "1000"]) == 2
+    assert os.listdir("runs") == ["good"]
+    # a folder without a checkpoint (a run killed in its first epoch, say) is passed over too
+    os.makedirs("runs/newer/checkpoints")
+    (tmp_path / "runs" / "newer" / "config.json").write_text((trained_run / "config.json").read_text())
+    from diffusion_keras import runs
+
+    assert runs.newest_run() == os.path.join("runs", "good")
+
+
+def test_resume_with_a_config_that_no_longer_matches_its_checkpoint_is_one_line(
+        trained_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved["model"]["widths"] = [8, 32]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    assert exit_code(train.main, ["--resume", str(run_dir), "--epochs", "3"]) == 2
+    assert_one_line_error(capsys, "does not match its checkpoint (widths: config.json has [8, 32], "
+                                  "checkpoint has [8, 16])")
+
+
+def test_generate_checks_its_output_folder_before_sampling(trained_run, tmp_path, monkeypatch,
+                                                           capsys):
+    from diffusion_keras import runs
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the output was checked")
+
+    (tmp_path / "file.txt").write_text("a file")
+    monkeypatch.setattr(runs, "load_checkpoint", never)
+    assert exit_code(generate.main, ["--checkpoint", str(trained_run),
+                                     "--output", str(tmp_path / "file.txt" / "out")]) == 2
+    assert_one_line_error(capsys, "cannot write to output folder")
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "locked").mkdir(mode=0o500)
+        assert exit_code(generate.main, ["--checkpoint", str(trained_run),
+                                         "--output", str(tmp_path / "locked")]) == 2
+        assert_one_line_error(capsys, "is not writable")
+
+
+def test_checkpoint_may_be_a_run_folder(trained_run, tmp_path):
+    from diffusion_keras import runs
+
+    assert runs.find_checkpoint(str(trained_run)).endswith(os.path.join("checkpoints", "best.keras"))
+    assert runs.find_checkpoint(str(trained_run / "checkpoints")).endswith("best.keras")
+    bare = tmp_path / "bare"
+    os.makedirs(bare / "checkpoints")
+    for name in ("epoch_0001.keras", "epoch_0002.keras"):
+        (bare / "checkpoints" / name).write_text("")
+    assert runs.find_checkpoint(str(bare)).endswith("epoch_0002.keras")
+    with pytest.raises(UsageError, match="holds no checkpoint"):
+        runs.find_checkpoint(str(tmp_path / "bare" / "checkpoints" / ".." / ".."))
+    assert generate.main(["--checkpoint", str(trained_run), "--steps", "2", "--num-images", "2",
+                          "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    metadata = json.loads((tmp_path / "out" / "samples_dpmpp2m_seed0_steps2.json").read_text())
+    assert metadata["checkpoint"].endswith("best.keras")
+
+
+def test_interpolation_strip_holds_every_frame_and_pictures_are_enlarged(trained_run, tmp_path):
+    assert generate.main(["--checkpoint", str(trained_run), "--steps", "2", "--num-images", "4",
+                          "--interpolate", "--frames", "8", "--output", str(tmp_path)]) == 0
+    strip = Image.open(tmp_path / "interpolation_dpmpp2m_seed0_steps2.png")
+    width, height = strip.size
+    assert width * 18 == height * (8 * 17 + 1), "one row of 8 frames of 16 pixels + 1 of padding"
+    assert min(strip.size) >= 256 and min(Image.open(
+        tmp_path / "samples_dpmpp2m_seed0_steps2.png").size) >= 256
+    gif = Image.open(tmp_path / "interpolation_dpmpp2m_seed0_steps2.gif")
+    assert min(gif.size) >= 256
+
+
+def test_help_and_argument_errors_are_instant_and_quiet():
+    """No Keras or TensorFlow is imported to answer --help or a bad flag, so nothing prints but
+    argparse's own text, and a checkpoint error that does import them is still one line."""
+    probe = ("import sys\n"
+             "from diffusion_keras.cli import evaluate, generate, train\n"
+             "for cli in (evaluate, generate, train): cli.parser().format_help()\n"
+             "print(sorted(name for name in ('keras', 'tensorflow', 'jax', 'torch') "
+             "if name in sys.modules))")
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip() == "[]" and result.stderr == ""
+    result = subprocess.run([sys.executable, "generate.py", "--checkpoint", "missing.keras"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: checkpoint 'missing.keras' does not exist; pass the path of a .keras file saved by "
+        "train.py"]
+
+
+def test_tensorboard_gets_the_losses_and_the_sample_grids(trained_run):
+    import tensorflow as tf
+
+    def tags(folder):
+        found = set()
+        for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                found.update(value.tag for value in event.summary.value)
+        return found
+
+    logs = trained_run / "tensorboard"
+    assert {"epoch_noise_loss", "epoch_learning_rate"} <= tags(logs / "train")
+    assert "epoch_noise_loss" in tags(logs / "validation")
+    assert "samples" in tags(logs / "samples")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -194,21 +320,21 @@ def test_train_leaves_the_plots_and_generate_the_interpolation_gif(trained_run, 
     assert generate.main(["--checkpoint", str(trained_run / "checkpoints" / "epoch_0002.keras"),
                           "--steps", "2", "--num-images", "2", "--interpolate", "--frames", "4",
                           "--output", str(tmp_path)]) == 0
-    assert Image.open(tmp_path / "interpolation_seed0_steps2.gif").n_frames == 6  # there and back
+    assert Image.open(tmp_path / "interpolation_dpmpp2m_seed0_steps2.gif").n_frames == 6  # and back
 
 
 def test_generate_records_the_sampler_and_its_settings(trained_run, tmp_path):
     checkpoint = str(trained_run / "checkpoints" / "epoch_0002.keras")
     for argv in (["--sampler", "ddpm", "--variance", "beta"], ["--sampler", "heun"],
-                 ["--eta", "0.5", "--spacing", "quadratic"]):
+                 ["--sampler", "ddim", "--eta", "0.5", "--spacing", "karras"]):
         assert generate.main(["--checkpoint", checkpoint, "--steps", "3", "--num-images", "2",
                               "--output", str(tmp_path), *argv]) == 0
     ddpm = json.loads((tmp_path / "samples_ddpm_seed0_steps3.json").read_text())
     assert ddpm["sampler"] == "ddpm" and ddpm["variance"] == "beta"
     heun = json.loads((tmp_path / "samples_heun_seed0_steps3.json").read_text())
-    assert heun["network_evaluations"] == 6
-    ddim = json.loads((tmp_path / "samples_seed0_steps3.json").read_text())
-    assert ddim["eta"] == 0.5 and ddim["spacing"] == "quadratic"
+    assert heun["network_evaluations"] == 5
+    ddim = json.loads((tmp_path / "samples_ddim_seed0_steps3.json").read_text())
+    assert ddim["eta"] == 0.5 and ddim["spacing"] == "karras"
 
 
 def test_generate_rejects_eta_for_other_samplers(trained_run, capsys):

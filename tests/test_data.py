@@ -71,6 +71,43 @@ def test_offline_tfds_download_points_to_data_dir(tmp_path, monkeypatch):
         load_tfds("mnist", 8)
 
 
+def test_tfds_not_downloaded_and_offline_fails_at_once(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from diffusion_keras import data
+
+    def download(*args, **kwargs):
+        raise AssertionError("no download may be tried when the mirror cannot be reached")
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "reachable", lambda address: False)
+    monkeypatch.setattr(tfds, "load", download)
+    with pytest.raises(UsageError, match="not downloaded yet.*cannot be reached.*--data-dir"):
+        load_tfds("cifar10", 8)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways with Orientation 6 (rotate 90 degrees to view): its left half
+    (red) is the top once upright, so the loaded image is red on top and blue below."""
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :10] = (255, 0, 0)
+    stored[:, 10:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    image = load_image_folder(str(tmp_path), 8)[0]
+    assert image[0, 4, 0] > 0.8 and image[0, 4, 2] < 0.2, "top: red"
+    assert image[7, 4, 2] > 0.8 and image[7, 4, 0] < 0.2, "bottom: blue"
+
+
+def test_webp_and_tiff_images_are_read(tmp_path):
+    for extension in ("webp", "tif", "tiff"):
+        Image.new("RGB", (12, 12), (10, 200, 30)).save(tmp_path / f"image.{extension}")
+    images = load_image_folder(str(tmp_path), 8)
+    assert images.shape == (3, 8, 8, 3)
+    np.testing.assert_allclose(images[:, 4, 4, 1], 200 / 255, atol=0.03)
+
+
 def test_unknown_tfds_name_is_an_error():
     with pytest.raises(UsageError, match="unknown dataset"):
         load_tfds("imagenet", 8)

@@ -27,8 +27,8 @@ def test_evaluate_reports_kid_fid_and_reuses_the_cached_reference(checkpoint, ti
             str(tmp_path / "cache"), *RANDOM_INCEPTION]
     assert evaluate.main(argv) == 0
     out = capsys.readouterr().out
-    assert "KID" in out and "FID" in out and "6 images, 2 DDIM steps, EMA network" in out
-    result_path = checkpoint.parent / "epoch_0008_evaluation_n6_steps2.json"
+    assert "KID" in out and "FID" in out and "6 images, dpmpp2m 2 steps, EMA network" in out
+    result_path = checkpoint.parent / "epoch_0008_evaluation_dpmpp2m_n6_steps2.json"
     first = json.loads(result_path.read_text())
     assert first["num_images"] == 6 and first["steps"] == 2 and first["num_real_images"] == 48
     assert first["fid"] >= 0 and first["kid_images"] == 4 and not first["reference_reused"]
@@ -42,6 +42,19 @@ def test_evaluate_reports_kid_fid_and_reuses_the_cached_reference(checkpoint, ti
     assert os.path.getmtime(cache) == written
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-4)
     assert second["kid"] == pytest.approx(first["kid"], rel=1e-3, abs=1e-12)
+
+    # one seed per image: another batch size scores the same images
+    assert evaluate.main([*argv, "--batch-size", "3"]) == 0
+    assert json.loads(result_path.read_text())["fid"] == pytest.approx(first["fid"], rel=1e-3)
+
+
+def test_evaluate_samples_with_the_chosen_sampler(checkpoint, tiny_folder, tmp_path):
+    argv = ["--checkpoint", str(checkpoint), "--num-images", "4", "--steps", "3", "--data-dir",
+            str(tiny_folder), "--kid-images", "4", "--cache-dir", str(tmp_path / "cache"),
+            "--sampler", "ddim", "--eta", "1", "--spacing", "quadratic", "--quiet", *RANDOM_INCEPTION]
+    assert evaluate.main(argv) == 0
+    result = json.loads((checkpoint.parent / "epoch_0008_evaluation_ddim_n4_steps3.json").read_text())
+    assert (result["sampler"], result["eta"], result["spacing"]) == ("ddim", 1.0, "quadratic")
 
 
 def test_missing_imagenet_weights_are_one_line_and_exit_2(checkpoint, tiny_folder, monkeypatch,
@@ -72,11 +85,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, checkpoint, tiny_folder
 def test_cifar10_features_give_fd_and_kd_cifar10_never_fid(checkpoint, tiny_folder, tmp_path, capsys):
     argv = ["--checkpoint", str(checkpoint), "--num-images", "6", "--steps", "2", "--data-dir",
             str(tiny_folder), "--kid-images", "4", "--cache-dir", str(tmp_path / "cache"),
-            "--features", "cifar10"]
+            "--features", "cifar10", "--quiet"]
     assert evaluate.main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("KD-cifar10 ") and " FD-cifar10 " in out and "not comparable with FID" in out
-    result = json.loads((checkpoint.parent / "epoch_0008_evaluation_n6_steps2.json").read_text())
+    result = json.loads((checkpoint.parent / "epoch_0008_evaluation_dpmpp2m_n6_steps2.json").read_text())
     assert result["features"] == "cifar10" and result["fd_cifar10"] > 0
     assert "fid" not in result and "kid" not in result
 

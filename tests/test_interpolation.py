@@ -28,3 +28,11 @@ def test_interpolation_strip_has_one_image_per_frame(trained_model):
     frames = interpolation_images(trained_model, num_frames=5, diffusion_steps=3, seed=0)
     assert frames.shape == (5, 16, 16, 3)
     assert not np.allclose(frames[0], frames[-1])
+
+
+def test_interpolation_ends_are_the_seeds_first_two_images_with_the_chosen_sampler(trained_model):
+    for sampling in ({"sampler": "ddim", "spacing": "quadratic"}, {"sampler": "heun"}):
+        frames = interpolation_images(trained_model, 3, 3, seed=4, **sampling)
+        images = trained_model.generate(2, 3, seed=4, **sampling)
+        np.testing.assert_allclose(frames[[0, -1]], images, atol=1e-4)  # batches of 3 and 2
+    assert not np.allclose(frames, interpolation_images(trained_model, 3, 3, seed=4))

@@ -57,6 +57,17 @@ def test_generate_in_batches_matches_one_batch(trained_model):
     whole = trained_model.generate(6, 4, initial_noise=noise)
     batched = trained_model.generate(6, 4, initial_noise=noise, batch_size=4)
     np.testing.assert_allclose(whole, batched, atol=1e-5)
+    # image i of a seed is the same as part of any range of images
+    np.testing.assert_allclose(trained_model.generate(2, 4, seed=3, first_image=4), whole[4:],
+                               atol=1e-5)
+
+
+def test_generating_many_images_shows_progress_unless_quiet(trained_model, capsys):
+    trained_model.generate(5, 2, seed=1, batch_size=2)
+    assert "images/s" in capsys.readouterr().out
+    trained_model.generate(5, 2, seed=1, batch_size=2, verbose=False)
+    trained_model.generate(2, 2, seed=1, batch_size=2)  # "auto": one batch, no bar
+    assert "images/s" not in capsys.readouterr().out
 
 
 def test_save_and_load_give_identical_samples(trained_model, tmp_path):
@@ -93,9 +104,15 @@ def test_bad_settings_are_rejected_with_the_value(kwargs, message):
         DiffusionModel(**{**TINY, **kwargs})
 
 
-def test_non_positive_steps_are_rejected(trained_model):
+def test_bad_generate_arguments_are_rejected_before_sampling(trained_model):
     with pytest.raises(UsageError, match="positive"):
         trained_model.generate(2, diffusion_steps=0)
+    with pytest.raises(UsageError, match="number of images"):
+        trained_model.generate(0)
+    with pytest.raises(UsageError, match="shaped"):
+        trained_model.generate(2, initial_noise=np.zeros((2, 8, 8, 3)))
+    with pytest.raises(UsageError, match="non-negative"):
+        trained_model.generate(2, seed=-1)
 
 
 DDPM_TINY = {**TINY, "formulation": "ddpm", "timesteps": 50, "prediction": "v",

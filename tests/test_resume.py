@@ -162,6 +162,34 @@ def test_sigint_then_resume_newest_run_from_the_cli(reference, tiny_folder, tmp_
     assert sorted(os.listdir(checkpoints)) == ["best.keras", "epoch_0002.keras", "epoch_0003.keras"]
 
 
+SIGTERM_WHILE_SAVING_EPOCH_1 = """
+import os, signal, sys
+import keras
+from diffusion_keras.cli.train import main
+
+save = keras.Model.save
+def save_with_a_kill_in_the_middle(model, path, *args, **kwargs):
+    if "epoch_0001" in path:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the checkpoint is being written
+    return save(model, path, *args, **kwargs)
+keras.Model.save = save_with_a_kill_in_the_middle
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_a_checkpoint_is_written_keeps_that_epoch(tiny_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_SAVING_EPOCH_1, "--data-dir", str(tiny_folder),
+         "--run-dir", str(run_dir), *CLI_SETTINGS],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert f"interrupted: epochs up to 1 are saved in {run_dir}" in result.stderr
+    assert runs.load_checkpoint(runs.checkpoint_path(str(run_dir), 1)) is not None
+    assert not runs.run_checkpoints(str(run_dir))[1:], "training stopped after the save"
+
+
 def test_resume_skips_a_truncated_checkpoint_and_retrains_that_epoch(reference, tiny_folder,
                                                                       tmp_path, capsys):
     reference_dir, _ = reference
@@ -204,8 +232,9 @@ def test_resume_refuses_what_would_not_continue_the_run(argv, message, reference
 def test_resume_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--resume"]) == 2
-    assert "no runs found under 'runs' to resume" in capsys.readouterr().err
-    os.makedirs(tmp_path / "runs" / "broken")
+    assert "no run under 'runs' has a checkpoint to resume from" in capsys.readouterr().err
+    os.makedirs(tmp_path / "runs" / "broken" / "checkpoints")
+    (tmp_path / "runs" / "broken" / "checkpoints" / "epoch_0001.keras").write_text("")
     (tmp_path / "runs" / "broken" / "config.json").write_text("{")
     assert train.main(["--resume"]) == 2
     assert "config.json' is not valid JSON" in capsys.readouterr().err

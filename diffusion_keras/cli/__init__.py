@@ -1,17 +1,53 @@
 """Command-line front ends: parse, call one library function, turn user errors into exit code 2."""
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 from diffusion_keras.errors import UsageError
 
+# TensorFlow's C++ log lines (cuInit errors on a machine without a GPU, CPU feature notes) say
+# nothing to a user; set before anything imports TensorFlow, overridable from the environment
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send what native code writes to the stderr file descriptor to /dev/null for the block.
+
+    TensorFlow logs its start-up (oneDNN, CUDA stubs) while its libraries load, before it reads
+    TF_CPP_MIN_LOG_LEVEL; Python's own errors are printed after the block, so none is hidden.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default after its help (lists as 32,64), unless it has none or the help
+    already says it."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})"
+
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and every default shown in --help."""
+    """argparse with one-line errors (no usage dump) and every default shown once in --help."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(**kwargs)
 
     def error(self, message):
@@ -34,6 +70,18 @@ def positive(kind, what):
 
 
 positive_int = positive(int, "integer")
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0 (seeds), with a one-line error otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
 positive_float = positive(float, "number")
 
 
@@ -55,6 +103,8 @@ def run(main_body, args):
     (outside training, which handles its own) one line and exit code 130, not a traceback."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
+        with native_stderr_silenced():
+            import keras  # noqa: F401 (loads the backend quietly, once)
         return main_body(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -62,3 +112,35 @@ def run(main_body, args):
     except KeyboardInterrupt:
         print("interrupted; files are written whole or not at all", file=sys.stderr)
         return 130
+
+
+def add_sampling_arguments(parser, steps=20):
+    """The sampler flags generate.py and evaluate.py share; `sampling_settings` reads them back."""
+    from diffusion_keras.config import DEFAULT_SAMPLER, SAMPLER_NAMES, SPACINGS, VARIANCES
+
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES,
+                       help="dpmpp2m (DPM-Solver++(2M)), dpmpp3m, ddim, ddpm (ancestral) or heun "
+                            "(2 network calls a step)")
+    group.add_argument("--steps", type=positive_int, default=steps,
+                       help="sampling steps (network calls; Heun: 2 x steps - 1)")
+    group.add_argument("--spacing", choices=SPACINGS,
+                       help="time grid (default: the sampler's most accurate, see README)")
+    group.add_argument("--eta", type=float, default=0.0,
+                       help="DDIM noise: 0 deterministic, 1 like ancestral sampling")
+    group.add_argument("--variance", default="posterior", choices=VARIANCES,
+                       help="DDPM sigma^2: the posterior variance or beta_t")
+    return group
+
+
+def sampling_settings(args):
+    """`generate`'s sampler settings from the flags: sampler, spacing and the chosen sampler's
+    options (eta for DDIM, variance for DDPM), rejecting options of another sampler."""
+    from diffusion_keras.config import DEFAULT_SPACINGS
+
+    if args.eta and args.sampler != "ddim":
+        raise UsageError(f"--eta is a DDIM setting; drop it or use --sampler ddim (got --sampler "
+                         f"{args.sampler})")
+    options = {"ddim": {"eta": args.eta}, "ddpm": {"variance": args.variance}}.get(args.sampler, {})
+    return {"sampler": args.sampler, "spacing": args.spacing or DEFAULT_SPACINGS[args.sampler],
+            **options}

@@ -2,17 +2,23 @@
 
 import sys
 
-from diffusion_keras.cli import Parser, positive_int, run
-from diffusion_keras.data import TFDS_DATASETS
-from diffusion_keras.metrics import INCEPTION_SIZE
+from diffusion_keras.cli import (
+    Parser,
+    add_sampling_arguments,
+    non_negative_int,
+    positive_int,
+    run,
+    sampling_settings,
+)
+from diffusion_keras.config import DATASETS, INCEPTION_SIZE
 
 
 def parser():
     p = Parser(description="Score a trained diffusion model with KID and FID (InceptionV3 features).")
-    p.add_argument("--checkpoint", help="a .keras checkpoint (default: the newest under runs/)")
+    p.add_argument("--checkpoint", help="a .keras file, or a run folder (its best.keras, else its "
+                                        "newest epoch); default: the newest under runs/")
     p.add_argument("--num-images", type=positive_int, default=10000, help="images to generate")
-    p.add_argument("--steps", type=positive_int, default=20, help="DDIM sampling steps")
-    p.add_argument("--dataset", default="cifar10", choices=TFDS_DATASETS,
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="tensorflow-datasets dataset of real images (ignored with --data-dir)")
     p.add_argument("--split", default="train", choices=("train", "test"), help="tfds split")
     p.add_argument("--data-dir", help="folder of real images instead of a tfds dataset")
@@ -29,9 +35,12 @@ def parser():
     p.add_argument("--kid-images", type=positive_int, default=1000, help="images per side for KID")
     p.add_argument("--batch-size", type=positive_int,
                    help="images per batch (default: 256 on a GPU, 64 on a CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noises")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the generated images (and of the real-image subset)")
     p.add_argument("--cache-dir", help="where reference statistics are cached "
                                        "(default: ~/.cache/diffusion_keras/reference)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(p)
     return p
 
 
@@ -39,11 +48,13 @@ def evaluate_from_args(args):
     from diffusion_keras import runs
     from diffusion_keras.evaluation import evaluate
 
+    sampling = sampling_settings(args)
     weights = None if args.inception_weights == "random" else args.inception_weights
     result = evaluate(
-        args.checkpoint or runs.newest_checkpoint(), args.num_images, args.steps, args.dataset,
+        runs.find_checkpoint(args.checkpoint), args.num_images, args.steps, args.dataset,
         args.split, args.data_dir, args.limit, weights, args.inception_size, args.kid_images,
-        args.batch_size, args.seed, args.cache_dir, features=args.features,
+        args.batch_size, args.seed, args.cache_dir, features=args.features, sampling=sampling,
+        verbose=not args.quiet,
     )
     real = result.get("data_dir") or f"{result['dataset']} {result['split']} split"
     reference = "reused from" if result["reference_reused"] else "cached in"
@@ -53,7 +64,8 @@ def evaluate_from_args(args):
     else:
         scores = f"KD-cifar10 {result['kd_cifar10']:.6g}  FD-cifar10 {result['fd_cifar10']:.6g}"
         space = "the project's CIFAR-10 classifier features: not comparable with FID/KID"
-    print(f"{scores}  ({result['num_images']} images, {result['steps']} DDIM steps, EMA network, "
+    print(f"{scores}  ({result['num_images']} images, {result['sampler']} {result['steps']} steps, "
+          f"EMA network, "
           f"against {result['num_real_images']} real images of {real}; {space})")
     print(f"reference statistics {reference} {result['reference_cache']}")
     print(f"wrote {result['path']}")

@@ -13,7 +13,8 @@ from diffusion_keras import config as settings
 from diffusion_keras.cli import Parser, int_list, positive_int, run
 from diffusion_keras.errors import UsageError
 
-RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints")
+RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints",
+                     "run.tensorboard")
 
 
 def shown(value):
@@ -35,8 +36,7 @@ def add(group, flag, section, help, field=None, **kwargs):
 
 
 def parser():
-    p = Parser(description="Train a denoising diffusion model on images.",
-               formatter_class=argparse.HelpFormatter)
+    p = Parser(description="Train a denoising diffusion model on images.")
     p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
                    help="start from the settings in a JSON file (a run's config.json, or sections "
                         "'model', 'optimization', 'run' written by hand); flags override it")
@@ -116,6 +116,9 @@ def parser():
     add(out, "--keep-checkpoints", "run", "epoch checkpoints to keep (best.keras is kept as well)",
         type=positive_int)
     add(out, "--seed", "run", "seed for data order, noise and samples", type=int)
+    add(out, "--tensorboard", "run", "also log losses, learning rate and sample grids for "
+        "TensorBoard in RUN_DIR/tensorboard (tensorboard --logdir runs/); needs tensorflow",
+        action="store_const", const=True)
     p.add_argument("--resume", nargs="?", const="", default=argparse.SUPPRESS, metavar="RUN_DIR",
                    help="continue an interrupted run after its last completed epoch (the newest "
                         "run under runs/ without RUN_DIR), with its saved settings; only --epochs, "
@@ -179,13 +182,18 @@ def open_run(args):
     if not hasattr(args, "resume"):
         config = config_from_args(args)
         run_dir = config.run.run_dir
-        run_dir = runs.prepare_run_dir(run_dir) if run_dir else runs.new_run_dir()
+        run_dir = (runs.check_creatable(run_dir, "run folder", "--run-dir") if run_dir
+                   else runs.new_run_dir())  # made once training starts, not before
         return config.updated({"run": {"run_dir": run_dir}}), None
     run_dir, config = resumed_config(args)
     run_dir = runs.prepare_run_dir(run_dir)
     resume_from = runs.resume_point(run_dir)
     for _, reason in resume_from.skipped:
         print(f"warning: {reason}; skipping it", file=sys.stderr)
+    mismatched = config.model.differences(resume_from.model.config, ("config.json", "checkpoint"))
+    if mismatched:
+        raise UsageError(f"{os.path.join(run_dir, 'config.json')} does not match its checkpoint "
+                         f"({'; '.join(mismatched)}); restore the file or start a new run")
     if config.optimization.epochs <= resume_from.epoch:
         raise UsageError(f"run {run_dir!r} has completed {resume_from.epoch} of --epochs "
                          f"{config.optimization.epochs}; pass a larger --epochs to train it further")

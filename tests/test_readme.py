@@ -1,0 +1,52 @@
+"""Every command README.md shows is accepted as written: its script exists and its flags parse."""
+
+import os
+import re
+import shlex
+
+import pytest
+
+from diffusion_keras import demo_images
+from diffusion_keras.cli import evaluate, generate, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARSERS = {"train.py": train.parser, "generate.py": generate.parser,
+           "evaluate.py": evaluate.parser}
+
+
+def readme_commands():
+    """(script, arguments) of every `python` command in README.md's code blocks and inline code."""
+    with open(os.path.join(ROOT, "README.md")) as file:
+        text = file.read()
+    snippets = re.findall(r"```\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    commands = []
+    for snippet in snippets:
+        for line in snippet.splitlines():
+            for command in line.split("&&"):
+                words = shlex.split(command.split("#")[0])
+                if len(words) >= 2 and words[0].endswith("python") and words[1] != "-c":
+                    commands.append((words[1:3] if words[1] == "-m" else words[1:2],
+                                     words[3:] if words[1] == "-m" else words[2:]))
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_the_main_commands():
+    scripts = {script[-1] for script, _ in COMMANDS}
+    assert {"train.py", "generate.py", "evaluate.py", "diffusion_keras.demo_images"} <= scripts
+
+
+@pytest.mark.parametrize("script, arguments", COMMANDS, ids=[" ".join(s + a) for s, a in COMMANDS])
+def test_readme_command_runs_as_written(script, arguments, tmp_path):
+    if script[0] == "-m":
+        if script[1] != "diffusion_keras.demo_images":  # venv, pytest
+            return
+        folder = str(tmp_path / "shapes")
+        assert demo_images.main([folder, *arguments[1:], "--count", "4"]) == 0
+        assert len(os.listdir(os.path.join(folder, "a"))) == 2
+        return
+    assert os.path.exists(os.path.join(ROOT, script[0])), f"{script[0]} is not in the repository"
+    if script[0] in PARSERS:
+        PARSERS[script[0]]().parse_args(arguments)  # a bad flag exits here with argparse's error
