@@ -9,7 +9,8 @@ model against its own converged (--reference-steps) solution.
 Oracle error: mean |sample - exact| over 4000 pixels of data N(0.5, 0.4^2) (normalised space).
 Trained-model error: root mean square pixel difference ([0, 1] pixels) from the reference images
 of the same seeds. Writes OUTPUT.json and OUTPUT.md. Heun makes 2 x steps - 1 calls, so it gets
-the largest odd number of calls not above each column's.
+the largest odd number of calls not above each column's. With --checkpoint, also
+OUTPUT_reference.npz: the initial noise and the converged images.
 """
 
 import argparse
@@ -75,6 +76,9 @@ def model_errors(args, calls):
     model = runs.load_checkpoint(args.checkpoint)
     reference = model.generate(args.num_images, args.reference_steps, seed=args.seed,
                                sampler=args.reference_sampler, spacing="log_snr")
+    # the seeded initial noise and the converged images, to measure other code against
+    np.savez(args.output + "_reference.npz", noise=model.initial_noise(args.num_images, args.seed),
+             images=reference)
     rows = []
     for sampler in args.samplers.split(","):
         for spacing in args.spacings.split(","):

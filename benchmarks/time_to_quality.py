@@ -67,6 +67,7 @@ def parser():
     p.add_argument("--num-images", type=int, default=1000, help="generated images per score")
     p.add_argument("--sampler", default="dpmpp2m")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--spacing", default="uniform", help="sampler grid (the recorded results: uniform)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="train on a seeded subset (tests)")
     p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
@@ -106,11 +107,13 @@ class Scorer:
 def sample(model, noises, args, network):
     """Images from the EMA network, or from the online one (its weights lent to the EMA network)."""
     if network == "ema":
-        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler)
+        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
+                              spacing=args.spacing, verbose=False)
     kept = model.ema_network.get_weights()
     model.ema_network.set_weights(model.network.get_weights())
     try:
-        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler)
+        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
+                              spacing=args.spacing, verbose=False)
     finally:
         model.ema_network.set_weights(kept)
 

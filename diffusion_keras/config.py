@@ -29,14 +29,14 @@ DATASETS = ("cifar10", "mnist", "fashion_mnist", "oxford_flowers102")  # tensorf
 INCEPTION_SIZE = 299  # InceptionV3's own input size, for FID and KID
 
 # Sampling (`samplers` implements them; the names live here so the command lines can list them
-# without importing Keras). The defaults are the most accurate measured at 5-20 network calls
-# (BENCHMARKS.md, "Samplers").
+# without importing Keras). The defaults are the most accurate measured at 5-20 network calls on
+# trained CIFAR-10 models of the default formulation (BENCHMARKS.md, "Samplers").
 SAMPLER_NAMES = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm", "heun")
 SPACINGS = ("uniform", "quadratic", "karras", "log_snr")
 VARIANCES = ("posterior", "beta")
 DEFAULT_SAMPLER = "dpmpp2m"
-DEFAULT_SPACINGS = {"ddim": "uniform", "ddpm": "uniform", "dpmpp2m": "uniform",
-                    "dpmpp3m": "uniform", "heun": "uniform"}
+DEFAULT_SPACINGS = {"ddim": "uniform", "ddpm": "uniform", "dpmpp2m": "log_snr",
+                    "dpmpp3m": "log_snr", "heun": "karras"}
 
 # What a formulation means when a setting is left at None (Ho et al. 2020; Lipman et al. 2023 and
 # Esser et al. 2024 for flow: the straight path between data and noise, velocity target, MSE,

@@ -114,6 +114,11 @@ def run(main_body, args):
         return 130
 
 
+def add_checkpoint_argument(parser):
+    parser.add_argument("--checkpoint", help="a .keras file, or a run folder (its best.keras, else "
+                                             "its newest epoch); default: the newest under runs/")
+
+
 def add_sampling_arguments(parser, steps=20):
     """The sampler flags generate.py and evaluate.py share; `sampling_settings` reads them back."""
     from diffusion_keras.config import DEFAULT_SAMPLER, SAMPLER_NAMES, SPACINGS, VARIANCES

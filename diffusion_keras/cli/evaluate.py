@@ -4,6 +4,7 @@ import sys
 
 from diffusion_keras.cli import (
     Parser,
+    add_checkpoint_argument,
     add_sampling_arguments,
     non_negative_int,
     positive_int,
@@ -15,8 +16,7 @@ from diffusion_keras.config import DATASETS, INCEPTION_SIZE
 
 def parser():
     p = Parser(description="Score a trained diffusion model with KID and FID (InceptionV3 features).")
-    p.add_argument("--checkpoint", help="a .keras file, or a run folder (its best.keras, else its "
-                                        "newest epoch); default: the newest under runs/")
+    add_checkpoint_argument(p)
     p.add_argument("--num-images", type=positive_int, default=10000, help="images to generate")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="tensorflow-datasets dataset of real images (ignored with --data-dir)")

@@ -5,6 +5,7 @@ import sys
 
 from diffusion_keras.cli import (
     Parser,
+    add_checkpoint_argument,
     add_sampling_arguments,
     non_negative_int,
     positive_int,
@@ -17,8 +18,7 @@ def parser():
     p = Parser(
         description="Generate images with a trained diffusion model.",
     )
-    p.add_argument("--checkpoint", help="a .keras file, or a run folder (its best.keras, else its "
-                                        "newest epoch); default: the newest under runs/")
+    add_checkpoint_argument(p)
     p.add_argument("--num-images", type=positive_int, default=36, help="images in the grid")
     p.add_argument("--interpolate", action="store_true",
                    help="also render a spherical interpolation between two noises (strip and GIF)")
