@@ -226,6 +226,7 @@ class DiffusionModel(keras.Model):
                 keras.random.randint((), 0, 2**31 - 1, seed=self.seed_generator)))
         seeding.check_seed(seed)
         batch_size = min(batch_size or backend.default_sample_batch_size(), num_images)
+        stochastic = samplers.is_stochastic(sampler, options)  # else no step seeds to draw
         if callback is None:
             sample = self._compiled_sampler(times, sampler, options)
         else:
@@ -240,11 +241,12 @@ class DiffusionModel(keras.Model):
             count = min(batch_size, num_images - start)
             noise = (initial_noise[start:start + count] if initial_noise is not None
                      else self.initial_noise(count, seed, first_image + start))
-            step_seeds = seeding.step_seeds(seed, first_image + start, count, len(times) - 1)
+            step_seeds = (seeding.step_seeds(seed, first_image + start, count, len(times) - 1)
+                          if stochastic else np.zeros((len(times) - 1, count, 2), "int32"))
             if count < batch_size:  # a full batch keeps one compiled shape; the rest is discarded
-                noise = np.concatenate([noise, np.zeros((batch_size - count, *noise.shape[1:]),
-                                                        "float32")])
-                step_seeds = np.pad(step_seeds, ((0, 0), (0, batch_size - count), (0, 0)))
+                padding = batch_size - count
+                noise = np.pad(noise, ((0, padding), (0, 0), (0, 0), (0, 0)))
+                step_seeds = np.pad(step_seeds, ((0, 0), (0, padding), (0, 0)))
             batches.append(ops.convert_to_numpy(sample(noise, step_seeds))[:count])
             if progress is not None:
                 done = start + count

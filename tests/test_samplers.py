@@ -169,6 +169,12 @@ def test_sampling_times_spacings():
                                * 1000, np.arange(1000, 0, -1), atol=1e-3)
 
 
+def test_every_sampler_is_named_where_the_command_lines_list_them():
+    from diffusion_keras.config import DEFAULT_SPACINGS, SAMPLER_NAMES
+
+    assert tuple(samplers.SAMPLERS) == SAMPLER_NAMES and set(DEFAULT_SPACINGS) == set(SAMPLER_NAMES)
+
+
 def test_network_evaluations_count_the_calls_made():
     calls = []
 
