@@ -221,9 +221,10 @@ def main(argv=None):
     if not args.plot_only:
         if not args.data_dir:
             sys.exit("error: --data-dir is required unless --plot-only")
-        from diffusion_keras.data import load_image_folder
+        from diffusion_keras.data import load_image_folder, preprocess
 
-        images = load_image_folder(args.data_dir, args.image_size, 3, args.limit, args.seed)
+        images = preprocess(load_image_folder(args.data_dir, args.image_size, 3, args.limit,
+                                               args.seed))
         scorer = Scorer(images)
         rng = np.random.default_rng(args.seed)
         noises = rng.standard_normal((args.num_images, *images.shape[1:]), dtype=np.float32)
@@ -233,7 +234,8 @@ def main(argv=None):
                 file.write(json.dumps(row) + "\n")
 
         if args.test_dir:
-            real = load_image_folder(args.test_dir, args.image_size, 3, args.num_images, args.seed)
+            real = preprocess(load_image_folder(args.test_dir, args.image_size, 3, args.num_images,
+                                                 args.seed))
             record({"recipe": "floor", "network": "reference", **scorer(real),
                     "description": f"{len(real)} held-out real images"})
         uniform = rng.random((args.num_images, *images.shape[1:]), dtype=np.float32)

@@ -24,14 +24,15 @@ from diffusion_keras.cifar10_features import (
     IMAGE_SIZE,
     build_classifier,
 )
-from diffusion_keras.data import load_image_folder
+from diffusion_keras.data import load_image_folder, preprocess
 
 
 def load_split(data_dir, split):
     """(images float32 NHWC in [0, 1], integer labels) of one split, class folders in CLASSES order."""
     images, labels = [], []
     for label, name in enumerate(CLASSES):
-        folder = load_image_folder(os.path.join(data_dir, split, name), IMAGE_SIZE, channels=3)
+        folder = preprocess(load_image_folder(os.path.join(data_dir, split, name), IMAGE_SIZE,
+                                              channels=3))
         images.append(folder)
         labels.append(np.full(len(folder), label))
     return np.concatenate(images), np.concatenate(labels)

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 
 from diffusion_keras.errors import UsageError
 
@@ -62,6 +63,43 @@ RECIPES = {
                          "learning_rate_schedule": "constant"},
     },
 }
+
+
+# Model sizes (`train.py --preset NAME`, under --recipe, --config and flags), each with the batch
+# size, learning rate and EMA that suit it; PRESET_PARAMETERS are their U-Nets' parameter counts
+# (tests/test_config.py checks them). "cifar" is the default; "ddpm-cifar" is Ho et al.'s CIFAR-10
+# size (GroupNorm, the embedding in every block, attention at 16 px, dropout 0.1).
+_DDPM_STYLE = {"norm": "group", "embedding": "every", "dropout": 0.1, "embedding_dims": 128}
+PRESETS = {
+    "cifar": {"model": {}, "optimization": {}},
+    "ddpm-cifar": {
+        "model": {**_DDPM_STYLE, "image_size": 32, "widths": (128, 256, 320, 320), "block_depth": 3,
+                  "attention_resolutions": (16,), "ema": 0.9999},
+        "optimization": {"batch_size": 128, "learning_rate": 2e-4, "warmup_steps": 5000,
+                         "clip_norm": 1.0},
+    },
+    "64px": {
+        "model": {**_DDPM_STYLE, "image_size": 64, "widths": (64, 128, 256, 384), "block_depth": 2,
+                  "attention_resolutions": (16, 8), "ema": 0.9995},
+        "optimization": {"batch_size": 64, "learning_rate": 2e-4, "warmup_steps": 1000,
+                         "clip_norm": 1.0},
+    },
+    "128px": {
+        "model": {**_DDPM_STYLE, "image_size": 128, "widths": (64, 128, 256, 384, 512),
+                  "block_depth": 2, "attention_resolutions": (16, 8), "ema": 0.9995},
+        "optimization": {"batch_size": 32, "learning_rate": 1e-4, "warmup_steps": 1000,
+                         "clip_norm": 1.0},
+    },
+}
+PRESET_PARAMETERS = {"cifar": 1_953_507, "ddpm-cifar": 35_800_259, "64px": 16_876_611,
+                     "128px": 38_120_003}
+
+
+def default_cache_dir(kind):
+    """Where prepared images ("images") and real-image statistics ("reference") are kept between
+    runs: $XDG_CACHE_HOME/diffusion_keras/KIND, by default under ~/.cache."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "diffusion_keras", kind)
 
 
 def _choice(value, choices, what):
@@ -244,6 +282,8 @@ class RunConfig(_Section):
     keep_checkpoints: int = 3
     seed: int = 0
     tensorboard: bool = False  # losses, learning rate and sample grids in run_dir/tensorboard
+    cache_dir: str | None = None  # prepared images; None: default_cache_dir("images")
+    distribute: bool = False  # data-parallel over every local device (and host), JAX only
 
     def __post_init__(self):
         _choice(self.dataset, DATASETS, "dataset")

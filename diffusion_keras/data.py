@@ -1,28 +1,28 @@
-"""Training images: folders of image files or tensorflow-datasets, as float32 NHWC in [0, 1].
+"""Training images: folders of image files or tensorflow-datasets, prepared once as uint8, and the
+batches `fit` reads from them.
 
-The folder path uses Pillow and NumPy only, so JAX and PyTorch users can train without TensorFlow.
+Images stay uint8 until a batch enters the training step (`DiffusionModel.call` scales them); the
+folder path needs no TensorFlow, so JAX and PyTorch users can train without it.
 """
 
+import hashlib
 import logging
 import os
 import socket
 
 import keras
 import numpy as np
-from PIL import Image, ImageOps
 
-from diffusion_keras.config import DATASETS
+from diffusion_keras import image_cache, image_files
+from diffusion_keras.config import DATASETS, default_cache_dir
 from diffusion_keras.errors import UsageError
 
 log = logging.getLogger("diffusion_keras")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GRAYSCALE_DATASETS = ("mnist", "fashion_mnist")
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
-MAX_UPSCALE = 4  # images whose shorter side is under image_size / 4 would only teach blur
 # where tensorflow-datasets downloads from first (its mirror), checked before a download is tried
 TFDS_HOST = ("storage.googleapis.com", 443)
+NORMALIZER_SAMPLE_VALUES = 2**24  # pixel values the normaliser's statistics are measured on
 
 
 def preprocess(imgs):
@@ -32,118 +32,97 @@ def preprocess(imgs):
         imgs = imgs[..., None]
     if imgs.ndim != 4:
         raise UsageError(f"expected a batch of images (N, H, W[, C]), got shape {imgs.shape}")
-    if np.issubdtype(imgs.dtype, np.integer):
-        return (imgs / 255.0).astype("float32")
+    if np.issubdtype(imgs.dtype, np.integer):  # float32 division, bit for bit as in the model
+        return imgs.astype("float32") / np.float32(255.0)
     return np.clip(imgs, 0.0, 1.0).astype("float32")
 
 
-def fit_image(image, image_size, channels):
-    """Centre-crop to a square, resize to `image_size` and convert to 1 or 3 channels (uint8)."""
-    if image.mode in SIXTEEN_BIT_MODES:  # Pillow's convert would clip 16-bit values to white
-        image = Image.fromarray((np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    image = image.convert("L" if channels == 1 else "RGB")
-    image = ImageOps.fit(image, (image_size, image_size), Image.BICUBIC)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[..., None] if channels == 1 else array
-
-
-def list_image_files(data_dir):
-    """Every image file under `data_dir` (class sub-folders allowed), sorted for repeatability."""
-    if not os.path.isdir(data_dir):
-        raise UsageError(f"--data-dir {data_dir!r} does not exist or is not a folder; "
-                         "point it at a folder of images")
-    files = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(data_dir)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
-    if not files:
-        raise UsageError(f"--data-dir {data_dir!r} holds no image files "
-                         f"({'/'.join(IMAGE_EXTENSIONS)}); point it at a folder of images")
-    return files
-
-
-def min_side(image_size):
-    """The shortest image side worth training on: at most MAX_UPSCALE times enlarged."""
-    return -(-image_size // MAX_UPSCALE)
-
-
-def seeded_subset(items, limit, seed):
-    """A seeded random subset of `limit` items in their original order (all when limit is None)."""
-    if limit is None or limit >= len(items):
-        return items
-    keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
-    return [items[i] for i in keep]
-
-
-def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):
-    """Decode every usable image under `data_dir`; the others are skipped with one warning.
-
-    Unusable: unreadable (corrupt, truncated, empty, not an image) or too small to train on (see
-    `min_side`). `channels=None` picks 1 when every image is grayscale, else 3.
-    """
-    files = seeded_subset(list_image_files(data_dir), limit, seed)
-    opened, unreadable, too_small = [], [], []
+def folder_source(data_dir, limit=None, seed=0):
+    """The images under `data_dir` (a seeded `limit` of them), keyed by every file's path, size and
+    modification time; class labels from the first-level sub-folders."""
+    files = image_files.list_image_files(data_dir)
+    files = [files[index] for index in image_files.seeded_subset(len(files), limit, seed)]
+    labels, class_names = image_files.folder_classes(files, data_dir)
+    listing = hashlib.sha256()
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                image = ImageOps.exif_transpose(image)  # phone photos: upright, as viewers show them
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            unreadable.append(path)
-            continue
-        if min(image.size) < min_side(image_size):
-            too_small.append(path)
-        else:
-            opened.append(image)
-    if unreadable or too_small:
-        reasons = [f"{len(unreadable)} unreadable"] if unreadable else []
-        if too_small:
-            reasons.append(f"{len(too_small)} under {min_side(image_size)} pixels on a side")
-        examples = ", ".join(os.path.relpath(path, data_dir) for path in (unreadable + too_small)[:3])
-        log.warning("skipped %d image file(s) of %d in %s: %s (e.g. %s)",
-                    len(unreadable) + len(too_small), len(files), data_dir, ", ".join(reasons),
-                    examples)
-    if not opened:
-        kinds = "/".join(sorted({extension[1:].upper() for extension in IMAGE_EXTENSIONS}))
-        raise UsageError(f"none of the {len(files)} image files in {data_dir!r} could be used; "
-                         f"check that they are valid {kinds} files of at least "
-                         f"{min_side(image_size)} pixels on a side")
-    if channels is None:
-        channels = 1 if all(image.mode in GRAYSCALE_MODES for image in opened) else 3
-    return preprocess(np.stack([fit_image(image, image_size, channels) for image in opened]))
+        status = os.stat(path)
+        listing.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    names = [os.path.relpath(path, data_dir) for path in files]
+    name = os.path.basename(os.path.normpath(os.path.abspath(data_dir))) or "images"
+    return image_cache.Source(
+        name=name, count=len(files), class_names=class_names,
+        description={"data_dir": os.path.abspath(data_dir), "files": listing.hexdigest(),
+                     "count": len(files)},
+        items=lambda: zip(names, files, labels.tolist()))
 
 
-def load_tfds(name, image_size, split="train", limit=None, seed=0):
-    """A tensorflow-datasets image dataset, downloaded on first use, resized like a folder."""
+def tfds_source(name, split="train", limit=None, seed=0):
+    """A tensorflow-datasets split (downloaded on first use), read example by example with the
+    images still encoded: a seeded `limit` of them is picked before anything is decoded."""
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose one of {list(DATASETS)} "
                          "or pass --data-dir FOLDER")
     import tensorflow_datasets as tfds
 
-    offline = UsageError(
-        f"tensorflow-datasets {name!r} is not downloaded yet and {TFDS_HOST[0]} cannot be reached; "
-        "download it once with network access, or pass --data-dir FOLDER of images instead")
+    builder = tfds_builder(name)
+    count = split_size(builder, split)
+    keep = image_files.seeded_subset(count, limit, seed)
+    features = builder.info.features
+    class_names = list(features["label"].names) if "label" in features else []
+
+    def items():
+        dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+        wanted = iter(keep)
+        next_index = next(wanted, None)
+        for index, example in enumerate(tfds.as_numpy(dataset)):
+            if index == next_index:
+                yield f"{split}[{index}]", example["image"], int(example.get("label", -1))
+                next_index = next(wanted, None)
+                if next_index is None:
+                    return
+
+    return image_cache.Source(
+        name=f"{name}-{split}", count=len(keep), class_names=class_names, items=items,
+        description={"dataset": name, "split": split, "version": str(builder.info.version),
+                     "limit": limit, "seed": seed, "count": len(keep)})
+
+
+def split_size(builder, split):
+    """How many examples a prepared dataset's `split` holds; one line for a split it lacks."""
     try:
-        prepared = tfds.builder(name).is_prepared()
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+        raise UsageError(f"tensorflow-datasets {builder.name!r} has no split {split!r}; it has "
+                         f"{list(builder.info.splits)}") from None
+
+
+def tfds_builder(name):
+    """A prepared tensorflow-datasets builder, downloading it first when the mirror can be reached;
+    a one-line error otherwise (in seconds, not minutes of download retries)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name)
+        prepared = builder.is_prepared()
     except Exception as error:  # a builder that cannot even be made is treated as not prepared
-        prepared = False
+        builder, prepared = None, False
         log.debug("tfds builder %s: %s", name, error)
     if not prepared and not reachable(TFDS_HOST):
-        raise offline  # seconds, not minutes of tensorflow-datasets' download retries
-    try:
-        dataset = tfds.load(name, split=split)
-    except Exception as error:  # tfds raises many kinds of download errors
         raise UsageError(
-            f"could not load tensorflow-datasets {name!r} ({type(error).__name__}); it must be "
-            "downloaded once with network access, or pass --data-dir FOLDER of images instead"
-        ) from error
-    channels = 1 if name in GRAYSCALE_DATASETS else 3
-    arrays = [example["image"] for example in tfds.as_numpy(dataset)]
-    arrays = seeded_subset(arrays, limit, seed)
-    images = [fit_image(Image.fromarray(np.squeeze(a)), image_size, channels) for a in arrays]
-    return preprocess(np.stack(images))
+            f"tensorflow-datasets {name!r} is not downloaded yet and {TFDS_HOST[0]} cannot be "
+            "reached; download it once with network access, or pass --data-dir FOLDER of images "
+            "instead")
+    if not prepared:
+        try:
+            builder = builder or tfds.builder(name)
+            builder.download_and_prepare()
+        except Exception as error:  # tfds raises many kinds of download errors
+            raise UsageError(
+                f"could not load tensorflow-datasets {name!r} ({type(error).__name__}); it must be "
+                "downloaded once with network access, or pass --data-dir FOLDER of images instead"
+            ) from error
+    return builder
 
 
 def reachable(address, timeout=3.0):
@@ -155,26 +134,82 @@ def reachable(address, timeout=3.0):
         return False
 
 
-def load_images(image_size, dataset="cifar10", data_dir=None, limit=None, seed=0):
-    """The training images a CLI asked for: `data_dir` when given, else the tfds `dataset`."""
+def image_source(dataset="cifar10", data_dir=None, limit=None, seed=0, split="train"):
+    """The source a command line asked for: `data_dir` when given, else the tfds `dataset`."""
     if data_dir is not None:
-        return load_image_folder(data_dir, image_size, limit=limit, seed=seed)
-    return load_tfds(dataset, image_size, limit=limit, seed=seed)
+        return folder_source(data_dir, limit, seed)
+    return tfds_source(dataset, split, limit, seed)
+
+
+def open_images(image_size, dataset="cifar10", data_dir=None, limit=None, seed=0, channels=None,
+                cache_dir=None, split="train", workers=None):
+    """The training images as `image_cache.PreparedImages` (uint8, read batch by batch), prepared
+    into `cache_dir` (default: `config.default_cache_dir("images")`) on first use.
+    `channels=None`: 1 for digit datasets and folders of grayscale images, else 3."""
+    if channels is None and data_dir is None and dataset in GRAYSCALE_DATASETS:
+        channels = 1
+    source = image_source(dataset, data_dir, limit, seed, split)
+    return image_cache.open_prepared(source, image_size, channels,
+                                     cache_dir or default_cache_dir("images"), workers)
+
+
+def decode_in_memory(source, image_size, channels=None, workers=None):
+    """A small source decoded into one uint8 array, without preparing a file."""
+    report = image_files.SkipReport(source.description.get("data_dir", source.name), image_size)
+    items = list(source.items())
+    decoded = image_files.decode_all([item for _, item, _ in items], len(items), image_size,
+                                     channels, workers)
+    arrays, grays = [], []
+    for (name, _, _), (array, gray) in zip(items, decoded):
+        if report.add(name, array):
+            arrays.append(array)
+            grays.append(gray)
+    report.finish(len(arrays))
+    images = np.stack(arrays)
+    return images[..., :1] if channels is None and all(grays) else images
+
+
+def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):
+    """A folder's usable images as one uint8 array (N, H, W, C), for small folders and notebooks
+    (`open_images` for training sets: it reads from a prepared file instead of memory)."""
+    return decode_in_memory(folder_source(data_dir, limit, seed), image_size, channels)
+
+
+def normalizer_sample(images, indices=None, seed=0):
+    """A seeded sample of the images at `indices` (default: all) as float32 in [0, 1], bounded to
+    NORMALIZER_SAMPLE_VALUES pixel values whatever the dataset's size, for the normaliser's
+    per-channel statistics (the same sample in every process)."""
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    count = max(64, NORMALIZER_SAMPLE_VALUES // int(np.prod(images.shape[1:])))
+    return preprocess(images[indices[image_files.seeded_subset(len(indices), count, seed)]])
 
 
 class ImageBatches(keras.utils.PyDataset):
-    """Shuffled batches with optional random horizontal flips, reproducible from (seed, epoch).
+    """Shuffled batches with optional random horizontal flips, reproducible from (seed, epoch),
+    of the images at `indices` (default: all) of `images` (any array, uint8 or float, or
+    `PreparedImages`); batches keep the images' dtype.
 
     The last incomplete batch is dropped so every training step has the same (compiled) shape.
+    With `shard=(index, count)` (one process of a multi-process run) a batch holds this process's
+    share of rows of the global batch of `batch_size`, so the processes together see exactly the
+    batches one process would. Batches are read ahead by `workers` threads.
     """
 
-    def __init__(self, images, batch_size, flip=True, seed=0, shuffle=True, epoch=0, **kwargs):
-        super().__init__(**kwargs)
-        if len(images) < batch_size:
-            raise UsageError(f"only {len(images)} images for batch size {batch_size}; "
+    def __init__(self, images, batch_size, flip=True, seed=0, shuffle=True, epoch=0, indices=None,
+                 shard=(0, 1), workers=2, **kwargs):
+        super().__init__(workers=workers, **kwargs)
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+        if len(self.indices) < batch_size:
+            raise UsageError(f"only {len(self.indices)} images for batch size {batch_size}; "
                              "use a smaller --batch-size or more images")
+        shard_index, shard_count = shard
+        if batch_size % shard_count:
+            raise UsageError(f"batch size {batch_size} does not split evenly over {shard_count} "
+                             "processes; use a multiple of the process count")
         self.images = images
         self.batch_size = batch_size
+        self.rows = slice(shard_index * batch_size // shard_count,
+                          (shard_index + 1) * batch_size // shard_count)
         self.flip = flip
         self.seed = seed
         self.shuffle = shuffle
@@ -183,14 +218,14 @@ class ImageBatches(keras.utils.PyDataset):
     def plan(self, epoch):
         """Image indices and flip flags of epoch `epoch`, batch after batch, from (seed, epoch).
 
-        Within a batch the indices are sorted (faster gathers; the order inside a batch is moot).
+        Within a batch the indices are sorted (faster reads; the order inside a batch is moot).
         """
         rng = np.random.default_rng((self.seed, epoch))
         count = len(self) * self.batch_size
-        order = rng.permutation(len(self.images)) if self.shuffle else np.arange(len(self.images))
-        order = np.sort(order[:count].reshape(len(self), self.batch_size), axis=1).reshape(-1)
+        order = rng.permutation(len(self.indices)) if self.shuffle else np.arange(len(self.indices))
+        order = np.sort(self.indices[order[:count]].reshape(len(self), self.batch_size), axis=1)
         flips = rng.random(count) < 0.5 if self.flip else np.zeros(count, dtype=bool)
-        return order, flips
+        return order.reshape(-1), flips
 
     def set_epoch(self, epoch):
         """Order the images as epoch `epoch` sees them (resuming a run starts mid-sequence)."""
@@ -198,14 +233,18 @@ class ImageBatches(keras.utils.PyDataset):
         self.order, self.flips = self.plan(epoch)
 
     def __len__(self):
-        return len(self.images) // self.batch_size
+        return len(self.indices) // self.batch_size
 
-    def __getitem__(self, index):
-        in_batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        batch = self.images[self.order[in_batch]]
-        flips = self.flips[in_batch]
+    def batch(self, order, flips):
+        """The images at `order` (sorted), flipped where `flips` says."""
+        batch = self.images[order]
         batch[flips] = batch[flips, :, ::-1]
         return batch
+
+    def __getitem__(self, index):
+        start = index * self.batch_size
+        rows = slice(start + self.rows.start, start + self.rows.stop)
+        return self.batch(self.order[rows], self.flips[rows])
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)

@@ -15,22 +15,18 @@ import keras
 import numpy as np
 
 from diffusion_keras import backend, cifar10_features, metrics, runs, samplers, seeding
-from diffusion_keras.config import DEFAULT_SAMPLER
-from diffusion_keras.data import load_image_folder, load_tfds
+from diffusion_keras.config import DEFAULT_SAMPLER, default_cache_dir
+from diffusion_keras.data import open_images, preprocess
 from diffusion_keras.errors import UsageError
 
 log = logging.getLogger("diffusion_keras")
 
 
-def default_cache_dir():
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "diffusion_keras", "reference")
-
-
 def extract_features(extractor, images, batch_size):
-    """Features of images (NumPy, [0, 1]) batch by batch."""
-    return np.concatenate([np.asarray(extractor.predict_on_batch(images[start:start + batch_size]))
-                           for start in range(0, len(images), batch_size)])
+    """Features of images (uint8, or floats in [0, 1]) batch by batch."""
+    return np.concatenate([
+        np.asarray(extractor.predict_on_batch(preprocess(images[start:start + batch_size])))
+        for start in range(0, len(images), batch_size)])
 
 
 FEATURES = ("auto", "inception", "cifar10")
@@ -140,14 +136,14 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
               else {"dataset": dataset, "split": split})
 
     def load_real_images():
-        if data_dir is not None:
-            return load_image_folder(data_dir, model.config.image_size, model.config.channels, limit, seed)
-        return load_tfds(dataset, model.config.image_size, split, limit, seed)
+        return open_images(model.config.image_size, dataset, data_dir, limit, seed,
+                           model.config.channels, split=split)
 
     key = reference_key(source, model.config.image_size, model.config.channels, features,
                         inception_weights, inception_size, limit, kid_images)
     real, real_kid_features, cache_path, reused = reference_statistics(
-        load_real_images, key, extractor, cache_dir or default_cache_dir(), batch_size, seed)
+        load_real_images, key, extractor, cache_dir or default_cache_dir("reference"), batch_size,
+        seed)
 
     generated = metrics.FeatureStatistics()
     generated_kid_features = []

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from diffusion_keras import backend, samplers, seeding, targets
+from diffusion_keras import backend, distributed, samplers, seeding, targets
 from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
 from diffusion_keras.errors import UsageError
 from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
@@ -85,7 +85,10 @@ class DiffusionModel(keras.Model):
                                             self.config.prediction)
 
     def call(self, images, training=False):
-        """Pixels in [0, 1] -> the normalised space the network is trained in."""
+        """Pixels -> the normalised space the network is trained in. Integer images (uint8 batches
+        straight from the data) are scaled to [0, 1] here, inside the step; floats are in [0, 1]."""
+        if "int" in keras.backend.standardize_dtype(images.dtype):
+            images = ops.cast(images, "float32") / 255.0
         return self.normalizer(images)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -225,7 +228,8 @@ class DiffusionModel(keras.Model):
             seed = int(ops.convert_to_numpy(
                 keras.random.randint((), 0, 2**31 - 1, seed=self.seed_generator)))
         seeding.check_seed(seed)
-        batch_size = min(batch_size or backend.default_sample_batch_size(), num_images)
+        batch_size = distributed.batch_size_for_devices(  # split over the devices, if several
+            min(batch_size or backend.default_sample_batch_size(), num_images))
         stochastic = samplers.is_stochastic(sampler, options)  # else no step seeds to draw
         if callback is None:
             sample = self._compiled_sampler(times, sampler, options)
@@ -247,7 +251,8 @@ class DiffusionModel(keras.Model):
                 padding = batch_size - count
                 noise = np.pad(noise, ((0, padding), (0, 0), (0, 0), (0, 0)))
                 step_seeds = np.pad(step_seeds, ((0, 0), (0, padding), (0, 0)))
-            batches.append(ops.convert_to_numpy(sample(noise, step_seeds))[:count])
+            images = sample(distributed.shard_batch(noise), step_seeds)
+            batches.append(distributed.to_numpy(images)[:count])
             if progress is not None:
                 done = start + count
                 progress.update(done, [("images/s", done / (time.perf_counter() - started))])

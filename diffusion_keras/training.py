@@ -1,11 +1,13 @@
 """One training run: split the images, build and compile the model, fit with the run callbacks."""
 
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
 
-from diffusion_keras import backend, runs
+from diffusion_keras import backend, distributed, runs
 from diffusion_keras.callbacks import (
     Checkpointer,
     EpochSeeds,
@@ -16,17 +18,18 @@ from diffusion_keras.callbacks import (
     TensorBoardSamples,
 )
 from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConfig
-from diffusion_keras.data import ImageBatches
+from diffusion_keras.data import ImageBatches, normalizer_sample, preprocess
 from diffusion_keras.model import DiffusionModel
 
 
-def split_images(images, validation_split, batch_size, seed):
-    """Hold out a seeded `validation_split` fraction, or none when it would be under one batch."""
-    count = int(len(images) * validation_split)
-    if count < batch_size:
-        return images, None
-    order = np.random.default_rng(seed).permutation(len(images))
-    return images[np.sort(order[count:])], images[np.sort(order[:count])]
+def split_indices(count, validation_split, batch_size, seed):
+    """(training, validation) image indices: a seeded `validation_split` fraction held out, or none
+    (validation None) when it would be under one batch."""
+    held_out = int(count * validation_split)
+    if held_out < batch_size:
+        return np.arange(count), None
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[held_out:]), np.sort(order[:held_out])
 
 
 def learning_rate_schedule(optimization, total_updates):
@@ -74,10 +77,14 @@ def tensorboard_callbacks(run_dir):
 
 def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=(),
           resume_from=None):
-    """Train on `images` (float32 NHWC in [0, 1]) with the settings of `config` (a TrainingConfig;
-    its model's image size and channels are taken from the images) and leave checkpoints, samples
-    and a log in `run_dir`. Returns the trained model.
+    """Train on `images` (uint8 NHWC, e.g. `data.open_images`' prepared images, or floats in
+    [0, 1]) with the settings of `config` (a TrainingConfig; its model's image size and channels
+    are taken from the images) and leave checkpoints, samples and a log in `run_dir`. Returns the
+    trained model.
 
+    Batches are read as training goes, so only a few are in memory at once. With
+    `config.run.distribute` (JAX) the model trains data-parallel on every device (`distributed`);
+    each process reads its share of every batch and only process 0 writes the run folder.
     `resume_from` (a `runs.resume_point(run_dir)`) continues that run after its last completed
     epoch: its model (optimizer, EMA and normaliser state), log and best value carry on, and data
     order and noise are drawn from (seed, epoch), so the result matches an uninterrupted run.
@@ -87,43 +94,56 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     """
     run, optimization = config.run, config.optimization
     seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
-    flip = run.resolved_flip()
+    if run.distribute:
+        distributed.start(batch_size)  # before any variable is made
     keras.utils.set_random_seed(seed)
-    train_images, validation_images = split_images(images, run.validation_split, batch_size, seed)
+    train_indices, validation_indices = split_indices(len(images), run.validation_split,
+                                                      batch_size, seed)
+    shard = (distributed.process_index(), distributed.process_count())
+    batches = ImageBatches(images, batch_size, flip=run.resolved_flip(), seed=seed,
+                           epoch=0 if resume_from is None else resume_from.epoch,
+                           indices=train_indices, shard=shard)
     if resume_from is None:
         model_config = config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
                                             seed=seed)
-        model = build_model(model_config, optimization, len(train_images) // batch_size)
-        model.normalizer.adapt(train_images)
+        model = build_model(model_config, optimization, len(batches))
+        model.normalizer.adapt(normalizer_sample(images, train_indices, seed))
         initial_epoch, history = 0, []
     else:
         model, initial_epoch, history, _ = resume_from
     validation = None
-    if validation_images is not None:
-        validation = backend.as_fit_input(
-            ImageBatches(validation_images, batch_size, flip=False, shuffle=False))
-    batches = ImageBatches(train_images, batch_size, flip=flip, seed=seed, epoch=initial_epoch)
-    runs.prepare_run_dir(run_dir)  # only now: a run that cannot start leaves no folder behind
-    saved = TrainingConfig(model.config, optimization, run)
-    runs.write_json(os.path.join(run_dir, "config.json"),
-                    {**saved.to_dict(), "num_images": len(images)})
-    model.fit(
-        backend.as_fit_input(batches, initial_epoch, epochs),
-        steps_per_epoch=len(batches),
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
-        validation_data=validation,
-        callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
-            EpochSeeds(),
-            StopOnNonFiniteLoss(run_dir),
-            ImageGenerator(run_dir, every=run.plot_every, seed=seed),
-            MetricsLog(run_dir, history),
-            Checkpointer(run_dir, keep=run.keep_checkpoints, history=history),
-            ProcessPlots(run_dir, train_images, seed=seed, resumed=resume_from is not None),
-            *(tensorboard_callbacks(run_dir) if run.tensorboard else ()),
-            *callbacks,
-        ],
-        verbose=verbose,
-    )
+    if validation_indices is not None:
+        validation = backend.as_fit_input(ImageBatches(
+            images, batch_size, flip=False, shuffle=False, indices=validation_indices, shard=shard))
+    if distributed.process_index() == 0:
+        runs.prepare_run_dir(run_dir)  # only now: a run that cannot start leaves no folder behind
+        saved = TrainingConfig(model.config, optimization, run)
+        runs.write_json(os.path.join(run_dir, "config.json"),
+                        {**saved.to_dict(), "num_images": len(images)})
+    else:  # the other processes sample and save in step with process 0, into a folder dropped after
+        run_dir = tempfile.mkdtemp(prefix="diffusion_keras_process_")
+    try:
+        model.fit(
+            backend.as_fit_input(batches, initial_epoch, epochs),
+            steps_per_epoch=len(batches),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
+            validation_data=validation,
+            callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
+                EpochSeeds(),
+                StopOnNonFiniteLoss(run_dir),
+                ImageGenerator(run_dir, every=run.plot_every, seed=seed),
+                MetricsLog(run_dir, history),
+                Checkpointer(run_dir, keep=run.keep_checkpoints, history=history),
+                ProcessPlots(run_dir, preprocess(images[train_indices[:4]]), seed=seed,
+                             resumed=resume_from is not None),
+                *(tensorboard_callbacks(run_dir) if run.tensorboard else ()),
+                *callbacks,
+            ],
+            verbose=verbose,
+        )
+    finally:
+        if distributed.process_index() != 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
     return model

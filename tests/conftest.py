@@ -1,12 +1,15 @@
 """Shared fixtures: tiny image folders and tiny models, so the suite runs in minutes on 2 cores."""
 
 import os
+import tempfile
 
 import pytest
 
 from diffusion_keras.demo_images import write_shapes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# prepared images and reference statistics go to a throwaway cache, not the user's ~/.cache
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="diffusion_keras_test_cache_")
 
 TINY = {"image_size": 16, "widths": (8, 16), "block_depth": 1, "embedding_dims": 8}
 
@@ -19,9 +22,9 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_images(tiny_folder):
-    from diffusion_keras.data import load_image_folder
+    from diffusion_keras.data import load_image_folder, preprocess
 
-    return load_image_folder(str(tiny_folder), TINY["image_size"])
+    return preprocess(load_image_folder(str(tiny_folder), TINY["image_size"]))
 
 
 @pytest.fixture(scope="session")

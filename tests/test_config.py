@@ -99,3 +99,24 @@ def test_a_recipe_is_one_flag_with_config_files_and_flags_on_top(tmp_path):
         ["--recipe", "keras-io", "--config", str(path), "--batch-size", "16"]))
     assert config.model == TrainingConfig().updated(RECIPES["keras-io"]).model
     assert (config.optimization.epochs, config.optimization.batch_size) == (2, 16)
+
+
+def test_presets_have_the_parameter_counts_help_shows(capsys):
+    from diffusion_keras.config import PRESET_PARAMETERS, PRESETS
+    from diffusion_keras.unet import build_unet
+
+    for name, preset in PRESETS.items():
+        config = TrainingConfig().updated(preset)
+        assert build_unet(config.model.resolved()).count_params() == PRESET_PARAMETERS[name], name
+    with pytest.raises(SystemExit):
+        train.parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ddpm-cifar (35.8M parameters)" in text and "128px (38.1M parameters)" in text
+
+
+def test_a_preset_sits_under_recipes_and_flags():
+    config = train.config_from_args(train.parser().parse_args(
+        ["--preset", "64px", "--recipe", "keras-io", "--batch-size", "16"]))
+    assert config.model.image_size == 64 and config.model.attention_resolutions == (16, 8)
+    assert config.model.ema == 0.999  # the recipe's, on top of the preset's 0.9995
+    assert config.optimization.batch_size == 16 and config.optimization.clip_norm == 1.0

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_keras.data import ImageBatches, load_image_folder, load_tfds, preprocess
+from diffusion_keras.data import ImageBatches, load_image_folder, preprocess, tfds_source
 from diffusion_keras.errors import UsageError
 
 
-def test_folder_images_are_cropped_resized_float_nhwc(tiny_folder):
+def test_folder_images_are_cropped_resized_uint8_nhwc(tiny_folder):
     images = load_image_folder(str(tiny_folder), 8)
-    assert images.shape == (48, 8, 8, 3) and images.dtype == np.float32
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.shape == (48, 8, 8, 3) and images.dtype == np.uint8
+    assert images.max() > 200  # whole 0-255 range, not scaled
 
 
 def test_limit_takes_a_seeded_subset(tiny_folder):
@@ -68,7 +68,7 @@ def test_offline_tfds_download_points_to_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # fail fast; the real default retries for minutes
     with pytest.raises(UsageError, match="--data-dir"):
-        load_tfds("mnist", 8)
+        tfds_source("mnist")
 
 
 def test_tfds_not_downloaded_and_offline_fails_at_once(tmp_path, monkeypatch):
@@ -81,9 +81,9 @@ def test_tfds_not_downloaded_and_offline_fails_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(data, "reachable", lambda address: False)
-    monkeypatch.setattr(tfds, "load", download)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download)
     with pytest.raises(UsageError, match="not downloaded yet.*cannot be reached.*--data-dir"):
-        load_tfds("cifar10", 8)
+        tfds_source("cifar10")
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -96,8 +96,8 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
     image = load_image_folder(str(tmp_path), 8)[0]
-    assert image[0, 4, 0] > 0.8 and image[0, 4, 2] < 0.2, "top: red"
-    assert image[7, 4, 2] > 0.8 and image[7, 4, 0] < 0.2, "bottom: blue"
+    assert image[0, 4, 0] > 200 and image[0, 4, 2] < 50, "top: red"
+    assert image[7, 4, 2] > 200 and image[7, 4, 0] < 50, "bottom: blue"
 
 
 def test_webp_and_tiff_images_are_read(tmp_path):
@@ -105,12 +105,12 @@ def test_webp_and_tiff_images_are_read(tmp_path):
         Image.new("RGB", (12, 12), (10, 200, 30)).save(tmp_path / f"image.{extension}")
     images = load_image_folder(str(tmp_path), 8)
     assert images.shape == (3, 8, 8, 3)
-    np.testing.assert_allclose(images[:, 4, 4, 1], 200 / 255, atol=0.03)
+    np.testing.assert_allclose(images[:, 4, 4, 1], 200, atol=8)
 
 
 def test_unknown_tfds_name_is_an_error():
     with pytest.raises(UsageError, match="unknown dataset"):
-        load_tfds("imagenet", 8)
+        tfds_source("imagenet")
 
 
 def test_preprocess_accepts_uint8_and_grayscale():
@@ -157,3 +157,54 @@ def test_validation_through_the_fit_input_averages_every_batch(recwarn):
                             validation_data=validation, verbose=0)
         assert history.history["val_noise_loss"][0] == pytest.approx(0.798, abs=0.03)
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
+def test_batches_keep_uint8_and_shards_make_up_the_global_batch():
+    images = np.arange(24 * 2 * 2 * 1, dtype=np.uint8).reshape(24, 2, 2, 1)
+    whole = ImageBatches(images, 8, seed=1, epoch=2)
+    halves = [ImageBatches(images, 8, seed=1, epoch=2, shard=(index, 2)) for index in range(2)]
+    for index in range(len(whole)):
+        assert whole[index].dtype == np.uint8
+        np.testing.assert_array_equal(np.concatenate([half[index] for half in halves]),
+                                      whole[index])
+    with pytest.raises(UsageError, match="multiple of the process count"):
+        ImageBatches(images, 8, shard=(0, 3))
+
+
+def test_batches_read_only_the_given_indices():
+    images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+    batches = ImageBatches(images, 4, indices=np.arange(10, 20), flip=False)
+    seen = np.concatenate([batches[index] for index in range(len(batches))]).ravel()
+    assert len(batches) == 2 and set(seen) <= set(range(10, 20)) and len(set(seen)) == 8
+
+
+def test_normalizer_sample_is_seeded_and_bounded(monkeypatch):
+    from diffusion_keras import data
+
+    monkeypatch.setattr(data, "NORMALIZER_SAMPLE_VALUES", 100 * 4 * 4 * 3)
+    images = np.random.default_rng(0).integers(0, 256, (1000, 4, 4, 3), dtype=np.uint8)
+    sample = data.normalizer_sample(images, np.arange(500, 1000), seed=3)
+    assert sample.shape == (100, 4, 4, 3) and sample.dtype == np.float32 and sample.max() <= 1
+    np.testing.assert_array_equal(sample, data.normalizer_sample(images, np.arange(500, 1000), 3))
+    rows = {bytes(row) for row in (images[500:] / 255.0).astype("float32")}
+    assert all(bytes(row) in rows for row in sample)  # only the given indices
+
+
+def test_tfds_split_prepares_with_labels_and_limit_before_decoding(tmp_path, monkeypatch):
+    """tensorflow-datasets' mock data: the split is read example by example, a seeded --limit of it
+    decoded, and the labels and class names kept."""
+    import tensorflow_datasets as tfds
+
+    from diffusion_keras import data
+    from diffusion_keras.data import open_images
+
+    monkeypatch.setattr(data, "reachable", lambda address: True)  # mock_data downloads nothing
+    monkeypatch.setattr(data, "split_size", lambda builder, split: 20)  # mock_data has no split info
+
+    with tfds.testing.mock_data(num_examples=20):
+        images = open_images(8, "cifar10", limit=12, seed=0, cache_dir=str(tmp_path))
+        again = open_images(8, "cifar10", limit=12, seed=0, cache_dir=str(tmp_path))
+    assert images.shape == (12, 8, 8, 3) and images[np.arange(12)].dtype == np.uint8
+    assert len(images.class_names) == 10 and len(images.labels) == 12
+    assert 0 <= images.labels.min() and images.labels.max() < 10
+    assert again.path == images.path

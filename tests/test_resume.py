@@ -73,32 +73,40 @@ def cli_config(data_dir, run_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_images, tmp_path_factory):
+def tiny_uint8(tiny_folder):
+    """The tiny images as train.py reads them from its prepared file: uint8."""
+    from diffusion_keras.data import load_image_folder
+
+    return load_image_folder(str(tiny_folder), TINY["image_size"])
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_uint8, tmp_path_factory):
     """An uninterrupted 3-epoch run, seed 0."""
     run_dir = runs.prepare_run_dir(str(tmp_path_factory.mktemp("reference") / "run"))
-    model = training.train(tiny_images, run_dir, config(3), verbose=0)
+    model = training.train(tiny_uint8, run_dir, config(3), verbose=0)
     return run_dir, model
 
 
-def test_same_seed_gives_the_same_log_and_grids(reference, tiny_images, tmp_path):
+def test_same_seed_gives_the_same_log_and_grids(reference, tiny_uint8, tmp_path):
     """(The CLI test below compares whole runs made in other processes, interrupted or not.)"""
     reference_dir, _ = reference
     run_dir = runs.prepare_run_dir(str(tmp_path / "again"))
-    training.train(tiny_images, run_dir, config(1), verbose=0)
+    training.train(tiny_uint8, run_dir, config(1), verbose=0)
     assert_same_log(log_of(run_dir), log_of(reference_dir)[:1])
     np.testing.assert_array_equal(grid(run_dir, 1), grid(reference_dir, 1))
     other_dir = runs.prepare_run_dir(str(tmp_path / "other_seed"))
-    training.train(tiny_images, other_dir, config(1, seed=1), verbose=0)
+    training.train(tiny_uint8, other_dir, config(1, seed=1), verbose=0)
     assert log_of(other_dir)[0]["noise_loss"] != log_of(reference_dir)[0]["noise_loss"]
     assert not np.array_equal(grid(other_dir, 1), grid(reference_dir, 1))
 
 
-def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(reference, tiny_images,
+def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(reference, tiny_uint8,
                                                                           tmp_path):
     reference_dir, reference_model = reference
     run_dir = runs.prepare_run_dir(str(tmp_path / "run"))
     with pytest.raises(KeyboardInterrupt):
-        training.train(tiny_images, run_dir, config(3), verbose=0, callbacks=[InterruptAt(1, 2)])
+        training.train(tiny_uint8, run_dir, config(3), verbose=0, callbacks=[InterruptAt(1, 2)])
     # the half-trained epoch 2 left nothing behind: no checkpoint, no log row
     assert sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR))) == [
         "best.keras", "epoch_0001.keras"]
@@ -106,7 +114,7 @@ def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(referen
 
     point = runs.resume_point(run_dir)
     assert (point.epoch, len(point.history), point.skipped) == (1, 1, [])
-    model = training.train(tiny_images, run_dir, config(3), verbose=0, resume_from=point)
+    model = training.train(tiny_uint8, run_dir, config(3), verbose=0, resume_from=point)
     assert_same_log(log_of(run_dir), log_of(reference_dir))
     for weight, expected in zip(model.weights, reference_model.weights):
         assert weight.path.split("/")[-1] == expected.path.split("/")[-1]

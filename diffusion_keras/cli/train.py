@@ -14,7 +14,7 @@ from diffusion_keras.cli import Parser, int_list, positive_int, run
 from diffusion_keras.errors import UsageError
 
 RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints",
-                     "run.tensorboard")
+                     "run.tensorboard", "run.cache_dir", "run.distribute")
 
 
 def shown(value):
@@ -43,6 +43,12 @@ def parser():
     p.add_argument("--recipe", default=argparse.SUPPRESS, choices=sorted(settings.RECIPES),
                    help="start from a named recipe instead of the defaults: keras-io is the 2022 "
                         "keras-io DDIM recipe (the defaults before the measured one; BENCHMARKS.md)")
+    sizes = ", ".join(f"{name} ({settings.PRESET_PARAMETERS[name] / 1e6:.1f}M parameters)"
+                      for name in settings.PRESETS)
+    p.add_argument("--preset", default=argparse.SUPPRESS, choices=list(settings.PRESETS),
+                   metavar="NAME",
+                   help=f"model size with the batch size, learning rate and EMA that suit it: "
+                        f"{sizes}; default cifar (--recipe, --config and flags go on top)")
     data = p.add_argument_group("data")
     add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
         choices=settings.DATASETS)
@@ -53,6 +59,10 @@ def parser():
         field="flip", action="store_const", const=False)
     add(data, "--validation-split", "run", "fraction held out to score the EMA network each epoch",
         type=float)
+    add(data, "--cache-dir", "run", "where the images are prepared once (decoded and resized into "
+        "one file that training reads batch by batch; default: ~/.cache/diffusion_keras/images)")
+    add(data, "--distribute", "run", "train data-parallel on every local device (and host: see "
+        "README), with the JAX backend", action="store_const", const=True)
     arch = p.add_argument_group("architecture")
     add(arch, "--widths", "model", "U-Net channel widths per resolution, comma-separated",
         type=int_list)
@@ -122,7 +132,8 @@ def parser():
     p.add_argument("--resume", nargs="?", const="", default=argparse.SUPPRESS, metavar="RUN_DIR",
                    help="continue an interrupted run after its last completed epoch (the newest "
                         "run under runs/ without RUN_DIR), with its saved settings; only --epochs, "
-                        "--plot-every and --keep-checkpoints may change")
+                        "--plot-every, --keep-checkpoints, --tensorboard, --cache-dir and "
+                        "--distribute may change")
     return p
 
 
@@ -154,11 +165,12 @@ def resumed_config(args):
                for field, value in values.items()
                if f"{section}.{field}" not in RESUME_CHANGEABLE
                and value != getattr(getattr(saved, section), field)]
-    extra = [flag for flag in ("--config", "--recipe") if hasattr(args, flag[2:])]
+    extra = [flag for flag in ("--config", "--recipe", "--preset") if hasattr(args, flag[2:])]
     if changed or extra:
         flags = ", ".join([flag_name(*name) for name in changed] + extra)
+        changeable = ", ".join(flag_name(*name.split(".")) for name in RESUME_CHANGEABLE)
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
-                         "(only --epochs, --plot-every and --keep-checkpoints may change)")
+                         f"(only {changeable} may change)")
     return run_dir, saved.updated(changes)
 
 
@@ -167,9 +179,10 @@ def interrupt(signum, frame):
 
 
 def config_from_args(args):
-    """A new run's settings: the defaults, then the --recipe, then the --config file, then the
-    given flags."""
-    base = settings.TrainingConfig().updated(settings.RECIPES.get(getattr(args, "recipe", ""), {}))
+    """A new run's settings: the defaults, then the --preset, the --recipe, the --config file and
+    the given flags."""
+    base = settings.TrainingConfig().updated(settings.PRESETS.get(getattr(args, "preset", ""), {}))
+    base = base.updated(settings.RECIPES.get(getattr(args, "recipe", ""), {}))
     if hasattr(args, "config"):
         base = settings.read_config(args.config, base)
     return base.updated(given_settings(args))
@@ -177,15 +190,19 @@ def config_from_args(args):
 
 def open_run(args):
     """The settings, run folder and resume point (None for a new run), checked before any data."""
-    from diffusion_keras import runs
+    from diffusion_keras import distributed, runs
 
     if not hasattr(args, "resume"):
         config = config_from_args(args)
+        if config.run.distribute:
+            distributed.check_supported()
         run_dir = config.run.run_dir
         run_dir = (runs.check_creatable(run_dir, "run folder", "--run-dir") if run_dir
                    else runs.new_run_dir())  # made once training starts, not before
         return config.updated({"run": {"run_dir": run_dir}}), None
     run_dir, config = resumed_config(args)
+    if config.run.distribute:
+        distributed.check_supported()
     run_dir = runs.prepare_run_dir(run_dir)
     resume_from = runs.resume_point(run_dir)
     for _, reason in resume_from.skipped:
@@ -202,10 +219,12 @@ def open_run(args):
 
 def fit_run(config, resume_from):
     from diffusion_keras import runs, training
-    from diffusion_keras.data import load_images
+    from diffusion_keras.data import open_images
 
     run, run_dir = config.run, config.run.run_dir
-    images = load_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed)
+    channels = resume_from.model.config.channels if resume_from is not None else None
+    images = open_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed,
+                         channels, run.cache_dir)
     if resume_from is not None:
         started_with = runs.read_json(os.path.join(run_dir, "config.json"), "run settings").get(
             "num_images")

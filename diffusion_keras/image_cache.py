@@ -1,0 +1,175 @@
+"""The prepared dataset: images decoded, cropped and resized once into one uint8 file.
+
+As EDM's dataset tool does, a dataset is prepared once (in parallel, with a progress bar) and every
+later run and `--resume` reads it; training reads it batch by batch (`PreparedImages`), so resident
+memory is a few batches whatever the dataset's size. A prepared file is keyed by its source (every
+image file's path, size and modification time, or the tensorflow-datasets name, split and version)
+and the image settings, so a changed folder or size is never served stale. It is written under a
+temporary name and renamed, its description (a JSON file holding the key) last: an interrupted
+prepare leaves nothing that a later run trusts, and a damaged or mismatched file is rebuilt.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from diffusion_keras import image_files, runs
+from diffusion_keras.errors import UsageError
+
+FORMAT_VERSION = 1
+SPARE_BYTES = 64 * 2**20  # left free on the disk after preparing
+CHUNK_IMAGES = 4096  # images per read when a prepared file is rewritten with one channel
+
+
+@dataclasses.dataclass
+class Source:
+    """What to prepare: `name` (for the file name), `description` (the key's source part), and
+    `count` images that `items()` yields in order as (name, path or encoded bytes, class label;
+    -1: none), the labels indexing `class_names`."""
+
+    name: str
+    description: dict
+    count: int
+    items: Callable
+    class_names: list
+
+
+class PreparedImages:
+    """A prepared file as a read-only uint8 image array: `images[indices]` reads just those images
+    (`os.preadv` into the batch, so no page of the file stays in this process's memory); `labels`
+    and `class_names` come with it."""
+
+    def __init__(self, path, description):
+        self.path = path
+        self.shape = tuple(description["shape"])
+        self.dtype = np.dtype("uint8")
+        self.labels = np.asarray(description["labels"], "int32")
+        self.class_names = list(description["class_names"])
+        self.image_bytes = int(np.prod(self.shape[1:]))
+        self.file = os.open(path, os.O_RDONLY)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, indices):
+        indices = np.arange(len(self))[indices]
+        if indices.ndim == 0:
+            return self[indices[None]][0]
+        batch = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        for row, index in zip(batch, indices):
+            os.preadv(self.file, [row], int(index) * self.image_bytes)
+        return batch
+
+    def __del__(self):
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.file)
+
+
+def cache_key(source, image_size, channels):
+    settings = {"format": FORMAT_VERSION, "source": source.description, "image_size": image_size,
+                "channels": channels}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def open_prepared(source, image_size, channels, cache_dir, workers=None):
+    """The prepared images of `source`: the file in `cache_dir` for exactly these settings, prepared
+    now unless a whole one is there (`channels=None`: 1 when every image is grayscale, else 3)."""
+    key = cache_key(source, image_size, channels)
+    stem = os.path.join(cache_dir, f"{source.name}-{image_size}px-{key[:16]}")
+    path, description_path = stem + ".u8", stem + ".json"
+    description, problem = read_description(path, description_path, key)
+    if description is not None:
+        return PreparedImages(path, description)
+    if problem:
+        print(f"note: the prepared images {path} are {problem}; preparing them again",
+              file=sys.stderr)
+    return prepare(source, image_size, channels, path, description_path, key, workers)
+
+
+def read_description(path, description_path, key):
+    """(description, None) for a whole prepared file, else (None, why not; "" when there is none)."""
+    if not os.path.exists(description_path):
+        return None, ""
+    try:
+        with open(description_path) as file:
+            description = json.load(file)
+        if description["key"] != key:
+            return None, "from other settings"
+        size = int(np.prod(description["shape"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "described by a damaged file"
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        return None, "truncated"
+    return description, None
+
+
+def check_disk_space(folder, needed):
+    """One line, before any work, when the prepared file cannot fit on the disk."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if free < needed + SPARE_BYTES:
+        raise UsageError(f"preparing the images needs {needed / 2**30:.2f} GiB in {folder} but "
+                         f"only {free / 2**30:.2f} GiB is free; free some space or pass "
+                         "--cache-dir on a larger disk")
+
+
+def prepare(source, image_size, channels, path, description_path, key, workers=None):
+    """Decode, crop and resize every image of `source` into `path`, then describe it."""
+    folder = os.path.dirname(path)
+    check_disk_space(folder, source.count * image_size * image_size * (channels or 3))
+    os.makedirs(folder, exist_ok=True)
+    report = image_files.SkipReport(source.description.get("data_dir", source.name), image_size)
+    progress = keras.utils.Progbar(source.count, unit_name="image")
+    print(f"preparing {source.count} images of {source.name} at {image_size} pixels in {path} "
+          "(once; later runs reuse them)", file=sys.stderr)
+    labels, all_gray = [], True
+    try:
+        with runs.atomic_write(path) as temporary:
+            with open(temporary, "wb") as file:
+                names, item_labels = [], []
+
+                def items():  # names and labels kept aside, the images sent to decode
+                    for name, item, label in source.items():
+                        names.append(name)
+                        item_labels.append(label)
+                        yield item
+
+                decoded = image_files.decode_all(items(), source.count, image_size, channels,
+                                                 workers)
+                for index, (array, gray) in enumerate(decoded):
+                    if report.add(names[index], array):
+                        file.write(array.tobytes())
+                        labels.append(item_labels[index])
+                        all_gray = all_gray and gray
+                    progress.update(index + 1)
+            report.finish(len(labels))
+            if channels is None and all_gray:
+                keep_first_channel(temporary, (len(labels), image_size, image_size, 3))
+    except OSError as error:
+        raise UsageError(f"could not write the prepared images to {folder} "
+                         f"({error.strerror or error}); free some space or pass --cache-dir "
+                         "elsewhere") from None
+    shape = [len(labels), image_size, image_size, channels or (1 if all_gray else 3)]
+    description = {"key": key, "shape": shape, "source": source.description,
+                   "labels": labels, "class_names": source.class_names}
+    runs.write_json(description_path, description)
+    return PreparedImages(path, description)
+
+
+def keep_first_channel(path, shape):
+    """Rewrite a prepared file of 3-channel grayscale images with one channel, chunk by chunk."""
+    images = np.memmap(path, np.uint8, "r", shape=shape)
+    with runs.atomic_write(path) as temporary, open(temporary, "wb") as file:
+        for start in range(0, shape[0], CHUNK_IMAGES):
+            file.write(np.ascontiguousarray(images[start:start + CHUNK_IMAGES, ..., 0]).tobytes())
+    del images
