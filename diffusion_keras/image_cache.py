@@ -129,7 +129,7 @@ def prepare(source, image_size, channels, path, description_path, key, workers=N
     check_disk_space(folder, source.count * image_size * image_size * (channels or 3))
     os.makedirs(folder, exist_ok=True)
     report = image_files.SkipReport(source.description.get("data_dir", source.name), image_size)
-    progress = keras.utils.Progbar(source.count, unit_name="image")
+    progress = keras.utils.Progbar(source.count, unit_name="image", interval=1.0)
     print(f"preparing {source.count} images of {source.name} at {image_size} pixels in {path} "
           "(once; later runs reuse them)", file=sys.stderr)
     labels, all_gray = [], True
