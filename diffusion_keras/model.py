@@ -113,7 +113,7 @@ class DiffusionModel(keras.Model):
         A class-conditional network takes `labels`, class indices (batch,); without them it
         predicts unconditionally (the no-class token)."""
         network = self.network if training else self.ema_network
-        inputs = [noisy_images, noise_rates**2]
+        inputs = [ops.convert_to_tensor(noisy_images), ops.convert_to_tensor(noise_rates) ** 2]
         if self.config.class_names:
             if labels is None:
                 labels = ops.zeros_like(noise_rates[:, 0, 0, 0], dtype="int32") + self.null_label
