@@ -15,9 +15,9 @@ import numpy as np
 from keras import layers, ops
 
 from diffusion_keras import backend, samplers, seeding, targets
-from diffusion_keras.guidance import check_guidance, guided_denoiser
 from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
 from diffusion_keras.errors import UsageError
+from diffusion_keras.guidance import check_guidance, guided_denoiser
 from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
 from diffusion_keras.unet import build_unet
 
@@ -119,7 +119,7 @@ class DiffusionModel(keras.Model):
                 labels = ops.zeros_like(noise_rates[:, 0, 0, 0], dtype="int32") + self.null_label
             inputs.append(ops.reshape(ops.cast(labels, "int32"), (-1, 1)))
         elif labels is not None:
-            self._require_classes()
+            self._require_classes()  # raises: an unconditional network takes no labels
         outputs = network(inputs, training=training)
         return targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates,
                                             self.config.prediction)
@@ -278,10 +278,11 @@ class DiffusionModel(keras.Model):
         progress bar (images/s, time left); "auto" shows it when there is more than one batch.
 
         A class-conditional model draws class `labels` (one index for all, or one per image; None:
-        unconditional) with classifier-free `guidance` w (`guidance`: 1 plain conditional, one
-        network call a step; else two, batched). Labels and guidance are inputs of the compiled
-        loop, so a guidance sweep compiles once, and they leave each image's seeded noise as it is:
-        image i of a seed starts from the same noise whatever the class or guidance.
+        unconditional) with classifier-free `guidance` w (1: plain conditional; any other w runs
+        each network call on the batch doubled, see `guidance.guided_denoiser`). Labels and guidance
+        are inputs of the compiled loop, so a guidance sweep compiles once, and they leave each
+        image's seeded noise as it is: image i of a seed starts from the same noise whatever the
+        class or guidance.
         """
         spacing = spacing or DEFAULT_SPACINGS.get(sampler, "uniform")
         samplers.get_sampler(sampler, **options)  # bad settings fail here, before any work

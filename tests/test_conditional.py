@@ -125,7 +125,7 @@ def test_label_dropout_must_be_below_one():
         ModelConfig(class_names=CLASSES, label_dropout=1.0)
 
 
-def test_guidance_zero_is_unconditional_and_one_conditional_exactly(model):
+def test_guidance_zero_is_the_unconditional_prediction_and_one_the_conditional(model):
     rng = np.random.default_rng(0)
     noisy = rng.standard_normal((3, 16, 16, 3)).astype("float32")
     noise_rates = np.full((3, 1, 1, 1), 0.6, "float32")
@@ -244,20 +244,18 @@ def test_generate_cli_class_all_and_plain_grids_of_a_conditional_model(checkpoin
     assert metadata["classes"] is None and metadata["guidance"] is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--class", "blue"], "unknown class 'blue'"),
-    (["--guidance", "3"], "--guidance steers towards classes: add --class"),
-    (["--class", "red", "--guidance", "1,-2"], "--guidance: must be non-negative numbers"),
-    (["--class", "red", "unconditional"], "need a class-conditional model"),
+@pytest.mark.parametrize("conditional, argv, message", [
+    (True, ["--class", "blue"], "unknown class 'blue'"),
+    (True, ["--guidance", "3"], "--guidance steers towards classes: add --class"),
+    (True, ["--class", "red", "--guidance", "1,-2"], "--guidance: must be non-negative numbers"),
+    (False, ["--class", "red"], "need a class-conditional model"),
 ])
-def test_generate_cli_bad_classes_are_one_line_before_any_folder(argv, message, checkpoint,
-                                                                 tmp_path, capsys):
-    if "unconditional" in argv:
-        argv = argv[:-1]
+def test_generate_cli_bad_classes_are_one_line_before_any_folder(conditional, argv, message,
+                                                                 checkpoint, tmp_path, capsys):
+    path = checkpoint
+    if not conditional:
         path = str(tmp_path / "unconditional.keras")
         DiffusionModel(seed=0, **TINY).save(path)
-    else:
-        path = checkpoint
     output = tmp_path / "out"
     try:
         code = generate.main(["--checkpoint", path, "--steps", "2", "--output", str(output), *argv])
