@@ -14,6 +14,8 @@ from diffusion_keras.errors import UsageError
 
 
 def check_guidance(guidance):
+    """A finite weight >= 0, checked eagerly: inside the compiled loop a bad one would only show
+    as bad images."""
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
             or not math.isfinite(guidance) or guidance < 0:
         raise UsageError(f"guidance must be a non-negative number (0: unconditional, 1: conditional, "
