@@ -136,6 +136,17 @@ def _positive_int(value, what, allow_none=False):
         raise UsageError(f"{what} must be a positive integer, got {value!r}")
 
 
+def _class_names(names):
+    """Unique non-empty strings: the model's classes, index i being names[i]."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise UsageError(f"class names must be a list of strings, got {names!r}")
+    if not all(isinstance(name, str) and name for name in names):
+        raise UsageError(f"class names must be non-empty strings, got {list(names)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"class names must be unique; repeated: {repeated}")
+
+
 class _Section:
     """Dict round trips with one-line errors for unknown keys (a typo in a config file)."""
 
@@ -179,6 +190,9 @@ class ModelConfig(_Section):
     norm: str = "batch"
     embedding: str = "input"
     dropout: float = 0.0
+    # class conditioning (empty: unconditional); classifier-free guidance needs the label dropout
+    class_names: tuple = ()
+    label_dropout: float = 0.1  # training labels replaced by the no-class token (Ho & Salimans 2022)
     # diffusion (None: the formulation's default, see FORMULATION_DEFAULTS)
     formulation: str = "flow"  # measured best (BENCHMARKS.md); --recipe keras-io for the old
     schedule: str | None = None
@@ -213,6 +227,9 @@ class ModelConfig(_Section):
         _choice(self.norm, NORMALIZATIONS, "normalization")
         _choice(self.embedding, EMBEDDINGS, "embedding injection")
         _number(self.dropout, "dropout", 0, 1, high_open=True)
+        _class_names(self.class_names)
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        _number(self.label_dropout, "label dropout", 0, 1, high_open=True)
         _choice(self.formulation, FORMULATIONS, "formulation")
         _positive_int(self.timesteps, "timesteps")
         for name, choices in (("schedule", SCHEDULES), ("prediction", TARGETS),

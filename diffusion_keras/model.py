@@ -2,6 +2,8 @@
 
 Training goes through Keras' own `fit` on every backend: `call` normalises a batch and
 `compute_loss` noises it, denoises it and updates the EMA network, all inside the compiled step.
+A class-conditional model (`class_names`) fits on (images, labels) and samples with classifier-free
+guidance (`guidance`).
 """
 
 import functools
@@ -15,6 +17,7 @@ from keras import layers, ops
 from diffusion_keras import backend, distributed, samplers, seeding, targets
 from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
 from diffusion_keras.errors import UsageError
+from diffusion_keras.guidance import check_guidance, guided_denoiser
 from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
 from diffusion_keras.unet import build_unet
 
@@ -33,6 +36,8 @@ class DiffusionModel(keras.Model):
     a one-to-one function of time, so one network serves every sampler. `prediction` is what the
     network outputs; `loss_function` (mae or mse) is measured in `loss_target`'s space, weighted
     across noise levels by `loss_weighting`; `time_distribution` is how training times are drawn.
+    With `class_names` the network also takes a class index per image (`len(class_names)`: the
+    no-class token that label dropout trains and guidance subtracts).
     """
 
     def __init__(self, config=None, **kwargs):
@@ -77,10 +82,45 @@ class DiffusionModel(keras.Model):
         images = self.normalizer.mean + images * ops.sqrt(self.normalizer.variance)
         return ops.clip(images, 0.0, 1.0)
 
-    def denoise(self, noisy_images, noise_rates, signal_rates, training=False):
-        """Predict noise and clean image; the online network when training, else the EMA network."""
+    @property
+    def null_label(self):
+        """The no-class token: the class index a class-conditional network reads as "any class"."""
+        return len(self.config.class_names)
+
+    def _require_classes(self):
+        if not self.config.class_names:
+            raise UsageError("this model is unconditional (built without class_names), so it takes "
+                             "no labels or classes; drop them, or train a class-conditional model")
+
+    def class_indices(self, classes):
+        """Class names or indices (ints, or their strings as a command line gives them) -> indices;
+        a name wins over an index that reads the same."""
+        self._require_classes()
+        names = self.config.class_names
+        indices = []
+        for value in [classes] if isinstance(classes, (str, int, np.integer)) else classes:
+            if value in names:
+                indices.append(names.index(value))
+            elif not isinstance(value, bool) and str(value).isdigit() and int(value) < len(names):
+                indices.append(int(value))
+            else:
+                raise UsageError(f"unknown class {value!r}; known: {list(names)} "
+                                 f"(or indices 0-{len(names) - 1})")
+        return indices
+
+    def denoise(self, noisy_images, noise_rates, signal_rates, training=False, labels=None):
+        """Predict noise and clean image; the online network when training, else the EMA network.
+        A class-conditional network takes `labels`, class indices (batch,); without them it
+        predicts unconditionally (the no-class token)."""
         network = self.network if training else self.ema_network
-        outputs = network([noisy_images, noise_rates**2], training=training)
+        inputs = [ops.convert_to_tensor(noisy_images), ops.convert_to_tensor(noise_rates) ** 2]
+        if self.config.class_names:
+            if labels is None:
+                labels = ops.zeros_like(noise_rates[:, 0, 0, 0], dtype="int32") + self.null_label
+            inputs.append(ops.reshape(ops.cast(labels, "int32"), (-1, 1)))
+        elif labels is not None:
+            self._require_classes()  # raises: an unconditional network takes no labels
+        outputs = network(inputs, training=training)
         return targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates,
                                             self.config.prediction)
 
@@ -94,14 +134,16 @@ class DiffusionModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Noise the normalised batch at random times and score the prediction (`loss_function` in
         `loss_target`'s space, weighted by `loss_weighting`); the noise and image MAE are tracked
-        whatever the loss."""
+        whatever the loss. `y`: a class-conditional model's labels (batch,) or (batch, 1)."""
         config = self.config
         images = y_pred
         noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         diffusion_times = self.training_times(ops.shape(images)[0])
         noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
-        pred_noises, pred_images = self.denoise(noisy_images, noise_rates, signal_rates, training)
+        labels = self.training_labels(y, training)
+        pred_noises, pred_images = self.denoise(noisy_images, noise_rates, signal_rates, training,
+                                                labels)
 
         errors = (targets.target_values(noises, images, noise_rates, signal_rates, config.loss_target)
                   - targets.target_values(pred_noises, pred_images, noise_rates, signal_rates,
@@ -117,6 +159,24 @@ class DiffusionModel(keras.Model):
         if training:
             self.update_ema()
         return loss
+
+    def training_labels(self, labels, training):
+        """A class-conditional model's batch labels, each replaced by the no-class token with
+        probability `label_dropout` when training, so the one network also learns the unconditional
+        prediction that guidance needs; drawn from the seed generator, so a resumed run drops the
+        same labels."""
+        if not self.config.class_names:
+            return labels  # None; labels given to an unconditional model fail in `denoise`
+        if labels is None:
+            raise UsageError(f"this model is class-conditional ({len(self.config.class_names)} "
+                             "classes): fit it on (images, labels), e.g. model.fit(x=images, "
+                             "y=labels)")
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        if not training or self.config.label_dropout == 0:
+            return labels
+        dropped = keras.random.uniform(ops.shape(labels), seed=self.seed_generator) \
+            < self.config.label_dropout
+        return ops.where(dropped, self.null_label, labels)
 
     def min_snr_weights(self, noise_rates, signal_rates):
         """Min-SNR-gamma (Hang et al. 2023): weight min(SNR, gamma) on the squared clean-image error,
@@ -187,11 +247,16 @@ class DiffusionModel(keras.Model):
         return samplers.sampling_times(diffusion_steps, spacing, self.log_sigma_table, timesteps)
 
     def reverse_diffusion(self, initial_noise, diffusion_times, sampler=DEFAULT_SAMPLER,
-                          step_seeds=None, callback=None, **options):
+                          step_seeds=None, callback=None, labels=None, guidance=None, **options):
         """Pure noise to normalised images with the EMA network, any sampler (see `samplers`) and
-        the times from `sampling_times`."""
+        the times from `sampling_times`; towards `labels` (None: unconditional), guided by
+        `guidance` (None: not guided, i.e. w = 1)."""
         sample = samplers.get_sampler(sampler, **options)
-        return sample(self.denoise, initial_noise, diffusion_times, self.diffusion_schedule,
+        if guidance is None:
+            denoise = functools.partial(self.denoise, labels=labels)
+        else:
+            denoise = guided_denoiser(self.denoise, labels, guidance, self.null_label)
+        return sample(denoise, initial_noise, diffusion_times, self.diffusion_schedule,
                       step_seeds=step_seeds, callback=callback)
 
     def initial_noise(self, num_images, seed=0, first_image=0):
@@ -201,7 +266,7 @@ class DiffusionModel(keras.Model):
 
     def generate(self, num_images, diffusion_steps=20, initial_noise=None, seed=None,
                  batch_size=None, sampler=DEFAULT_SAMPLER, spacing=None, callback=None,
-                 verbose="auto", first_image=0, **options):
+                 verbose="auto", first_image=0, labels=None, guidance=1.0, **options):
         """Sample `num_images` images in [0, 1] as a NumPy array (N, H, W, C), batch by batch.
 
         `sampler` is a name in `samplers.SAMPLERS`, `options` its settings (eta, variance),
@@ -211,6 +276,13 @@ class DiffusionModel(keras.Model):
         seeded starting noise (interpolation). `callback(step, time, noisy_images, pred_images)`
         (normalised space, every batch) runs the sampler eagerly, step by step. `verbose`: a
         progress bar (images/s, time left); "auto" shows it when there is more than one batch.
+
+        A class-conditional model draws class `labels` (one index for all, or one per image; None:
+        unconditional) with classifier-free `guidance` w (1: plain conditional; any other w runs
+        each network call on the batch doubled, see `guidance.guided_denoiser`). Labels and guidance
+        are inputs of the compiled loop, so a guidance sweep compiles once, and they leave each
+        image's seeded noise as it is: image i of a seed starts from the same noise whatever the
+        class or guidance.
         """
         spacing = spacing or DEFAULT_SPACINGS.get(sampler, "uniform")
         samplers.get_sampler(sampler, **options)  # bad settings fail here, before any work
@@ -224,6 +296,12 @@ class DiffusionModel(keras.Model):
         if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) \
                 or num_images < 1:
             raise UsageError(f"number of images must be a positive integer, got {num_images!r}")
+        labels = self._sampling_labels(labels, num_images)
+        check_guidance(guidance)
+        if guidance != 1 and labels is None:
+            raise UsageError(f"guidance {guidance} steers towards classes: pass labels too (class "
+                             "indices of a class-conditional model), or leave guidance at 1")
+        guidance = np.array(guidance, "float32") if guidance != 1 else None  # w = 1: one call
         if seed is None:
             seed = int(ops.convert_to_numpy(
                 keras.random.randint((), 0, 2**31 - 1, seed=self.seed_generator)))
@@ -234,9 +312,9 @@ class DiffusionModel(keras.Model):
         if callback is None:
             sample = self._compiled_sampler(times, sampler, options)
         else:
-            def sample(noise, step_seeds):
+            def sample(noise, step_seeds, labels, guidance):
                 return self.denormalize(self.reverse_diffusion(
-                    noise, times, sampler, step_seeds, callback, **options))
+                    noise, times, sampler, step_seeds, callback, labels, guidance, **options))
         show = num_images > batch_size if verbose == "auto" else bool(verbose)
         progress = keras.utils.Progbar(num_images, unit_name="image",
                                        stateful_metrics=["images/s"]) if show else None
@@ -247,24 +325,48 @@ class DiffusionModel(keras.Model):
                      else self.initial_noise(count, seed, first_image + start))
             step_seeds = (seeding.step_seeds(seed, first_image + start, count, len(times) - 1)
                           if stochastic else np.zeros((len(times) - 1, count, 2), "int32"))
+            batch_labels = None if labels is None else labels[start:start + count]
             if count < batch_size:  # a full batch keeps one compiled shape; the rest is discarded
                 padding = batch_size - count
                 noise = np.pad(noise, ((0, padding), (0, 0), (0, 0), (0, 0)))
                 step_seeds = np.pad(step_seeds, ((0, 0), (0, padding), (0, 0)))
-            images = sample(distributed.shard_batch(noise), step_seeds)
+                batch_labels = None if labels is None else np.pad(batch_labels, (0, padding))
+            if batch_labels is not None:
+                batch_labels = distributed.shard_batch(batch_labels)
+            images = sample(distributed.shard_batch(noise), step_seeds, batch_labels, guidance)
             batches.append(distributed.to_numpy(images)[:count])
             if progress is not None:
                 done = start + count
                 progress.update(done, [("images/s", done / (time.perf_counter() - started))])
         return np.concatenate(batches)
 
+    def _sampling_labels(self, labels, num_images):
+        """`generate`'s labels as an int32 array (num_images,), checked; None stays None."""
+        if labels is None:
+            return None
+        self._require_classes()
+        if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):
+            labels = [labels] * num_images
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != num_images or labels.dtype.kind not in "iu":
+            raise UsageError(f"labels must be one class index or {num_images} (one per image), got "
+                             f"{labels.dtype} shaped {labels.shape}; model.class_indices turns class "
+                             "names into indices")
+        outside = labels[(labels < 0) | (labels >= self.null_label)]
+        if len(outside):
+            raise UsageError(f"class index {outside[0]} is out of range: this model's classes are "
+                             f"0-{self.null_label - 1} ({list(self.config.class_names)})")
+        return labels.astype("int32")
+
     def _compiled_sampler(self, diffusion_times, sampler, options):
-        """One compiled graph per sampler setting: the whole sampling loop, then denormalisation."""
+        """One compiled function per sampler setting: the whole sampling loop, then
+        denormalisation; `labels` and `guidance` are its inputs (None: none, compiled apart)."""
         key = (tuple(diffusion_times.tolist()), sampler, tuple(sorted(options.items())))
         if key not in self._samplers:
-            def sample(initial_noise, step_seeds):
+            def sample(initial_noise, step_seeds, labels, guidance):
                 return self.denormalize(self.reverse_diffusion(
-                    initial_noise, diffusion_times, sampler, step_seeds, **options))
+                    initial_noise, diffusion_times, sampler, step_seeds, None, labels, guidance,
+                    **options))
 
             variables = self.ema_network.variables + self.normalizer.variables
             self._samplers[key] = backend.compile_function(sample, variables)

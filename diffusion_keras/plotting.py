@@ -170,11 +170,14 @@ def plot_forward_process(images, schedule, times=(0.0, 0.25, 0.5, 0.75, 1.0), se
                             "Forward process: noise added to training images", save_to)
 
 
-def plot_image_table(columns, titles, title, save_to=None, size=1.6):
+def plot_image_table(columns, titles, title, save_to=None, size=1.6, row_titles=None):
     """Images in a labelled table: column k shows the images of `columns[k]` (N, H, W, C) in
-    [0, 1], one per row, under `titles[k]`; pixels drawn sharp (nearest neighbour)."""
+    [0, 1], one per row, under `titles[k]`, row r named `row_titles[r]` if given; pixels drawn
+    sharp (nearest neighbour). Cells keep the images' aspect (an image strip is a wide cell)."""
     rows = len(columns[0])
-    figure, axes = _figure(rows, len(columns), figsize=(size * len(columns), size * rows + 0.6),
+    height, width = np.shape(columns[0][0])[:2]
+    figure, axes = _figure(rows, len(columns),
+                           figsize=(size * width / height * len(columns), size * rows + 0.6),
                            squeeze=False)
     for column, (images, name) in enumerate(zip(columns, titles)):
         axes[0, column].set_title(name, fontsize="small")
@@ -183,6 +186,9 @@ def plot_image_table(columns, titles, title, save_to=None, size=1.6):
                                      cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     for axis in axes.flat:
         axis.axis("off")
+    for axis, name in zip(axes[:, 0], row_titles or ()):
+        axis.text(-0.05, 0.5, name, transform=axis.transAxes, ha="right", va="center",
+                  fontsize="small")
     figure.suptitle(title)
     figure.tight_layout()
     return _finish(figure, save_to)

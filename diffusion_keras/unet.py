@@ -1,4 +1,5 @@
-"""The denoising U-Net: `network([noisy_images, noise_variances]) -> pred` shaped like the images."""
+"""The denoising U-Net: `network([noisy_images, noise_variances]) -> pred` shaped like the images
+(`network([noisy_images, noise_variances, class_labels])` for a class-conditional one)."""
 
 import keras
 from keras import layers
@@ -12,7 +13,9 @@ def build_unet(config=ModelConfig(), name="unet"):
     is tiled over the image and joins at the input. DDPM-style options: self-attention at the
     feature-map sides in `attention_resolutions`, GroupNorm (`norm="group"`), the embedding added to
     every residual block (`embedding="every"`, through a small MLP as in DDPM) and dropout in the
-    residual blocks."""
+    residual blocks. With `class_names`, a learned class embedding (index len(class_names): no class)
+    is added to the noise embedding, so the classes reach the network wherever the noise level does.
+    """
     image_size, channels, widths = config.image_size, config.channels, config.widths
     embedding_dims, norm, dropout = config.embedding_dims, config.norm, config.dropout
     noisy_images = keras.Input((image_size, image_size, channels), name="noisy_images")
@@ -22,6 +25,15 @@ def build_unet(config=ModelConfig(), name="unet"):
                                   dtype="float32")(  # sin(2 pi 1000 v) is noise in bfloat16
         noise_variances
     )
+    inputs = [noisy_images, noise_variances]
+    if config.class_names:
+        class_labels = keras.Input((1,), dtype="int32", name="class_labels")
+        # float32, like the noise features they join
+        classes = layers.Embedding(len(config.class_names) + 1, embedding_dims, dtype="float32")(
+            class_labels)
+        classes = layers.Reshape((1, 1, embedding_dims), dtype="float32")(classes)
+        features = layers.Add(dtype="float32")([features, classes])
+        inputs.append(class_labels)
     x = layers.Conv2D(widths[0], kernel_size=1)(noisy_images)
     if config.embedding == "input":
         tiled = layers.UpSampling2D(size=image_size, interpolation="nearest")(features)
@@ -41,4 +53,4 @@ def build_unet(config=ModelConfig(), name="unet"):
 
     # Zero-initialised output: the untrained network predicts zero noise, a stable starting point.
     outputs = layers.Conv2D(channels, kernel_size=1, kernel_initializer="zeros", dtype="float32")(x)
-    return keras.Model([noisy_images, noise_variances], outputs, name=name)
+    return keras.Model(inputs, outputs, name=name)

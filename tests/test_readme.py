@@ -18,7 +18,7 @@ def readme_commands():
     """(script, arguments) of every `python` command in README.md's code blocks and inline code."""
     with open(os.path.join(ROOT, "README.md")) as file:
         text = file.read()
-    snippets = re.findall(r"```\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    snippets = re.findall(r"```[a-z]*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
     commands = []
     for snippet in snippets:
         for line in snippet.splitlines():

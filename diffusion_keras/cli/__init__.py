@@ -98,6 +98,17 @@ def int_list(text):
     return values
 
 
+def non_negative_float_list(text):
+    """argparse type: comma-separated numbers >= 0, e.g. 0,1,3,7 (guidance weights)."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+    if not all(value >= 0 for value in values):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be non-negative numbers, got {text!r}")
+    return values
+
+
 def run(main_body, args):
     """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2, a Ctrl-C
     (outside training, which handles its own) one line and exit code 130, not a traceback."""
