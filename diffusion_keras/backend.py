@@ -48,6 +48,7 @@ def as_fit_input(batches, initial_epoch=0, epochs=1):
 
     image_shape = [batches.batch_size, *batches.images.shape[1:]]
     image_dtype = tf.as_dtype(batches.images.dtype)
+    labelled = batches.labels is not None
 
     def epoch_batches(epoch):
         order, flips = tf.numpy_function(
@@ -58,8 +59,12 @@ def as_fit_input(batches, initial_epoch=0, epochs=1):
         return slices.batch(batches.batch_size, drop_remainder=True)
 
     def read(order, flips):
-        batch = tf.numpy_function(batches.batch, [order, flips], image_dtype, stateful=False)
-        return tf.ensure_shape(batch, image_shape)
+        if not labelled:
+            batch = tf.numpy_function(batches.batch, [order, flips], image_dtype, stateful=False)
+            return tf.ensure_shape(batch, image_shape)
+        images, labels = tf.numpy_function(batches.batch, [order, flips], (image_dtype, tf.int32),
+                                           stateful=False)
+        return tf.ensure_shape(images, image_shape), tf.ensure_shape(labels, image_shape[:1])
 
     dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
     # a known length lets Keras end each validation pass without an "ran out of data" warning

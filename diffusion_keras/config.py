@@ -301,6 +301,7 @@ class RunConfig(_Section):
     tensorboard: bool = False  # losses, learning rate and sample grids in run_dir/tensorboard
     cache_dir: str | None = None  # prepared images; None: default_cache_dir("images")
     distribute: bool = False  # data-parallel over every local device (and host), JAX only
+    conditional: bool = False  # learn the class labels (tfds label feature or sub-folder names)
 
     def __post_init__(self):
         _choice(self.dataset, DATASETS, "dataset")

@@ -142,15 +142,34 @@ def image_source(dataset="cifar10", data_dir=None, limit=None, seed=0, split="tr
 
 
 def open_images(image_size, dataset="cifar10", data_dir=None, limit=None, seed=0, channels=None,
-                cache_dir=None, split="train", workers=None):
-    """The training images as `image_cache.PreparedImages` (uint8, read batch by batch), prepared
-    into `cache_dir` (default: `config.default_cache_dir("images")`) on first use.
-    `channels=None`: 1 for digit datasets and folders of grayscale images, else 3."""
+                cache_dir=None, split="train", workers=None, conditional=False):
+    """The training images as `image_cache.PreparedImages` (uint8, read batch by batch, with their
+    `labels` and `class_names`), prepared into `cache_dir` (default:
+    `config.default_cache_dir("images")`) on first use. `channels=None`: 1 for digit datasets and
+    folders of grayscale images, else 3. `conditional`: every image must have a class (checked
+    before any decoding)."""
     if channels is None and data_dir is None and dataset in GRAYSCALE_DATASETS:
         channels = 1
     source = image_source(dataset, data_dir, limit, seed, split)
+    if conditional:
+        check_classes(source, data_dir)
     return image_cache.open_prepared(source, image_size, channels,
                                      cache_dir or default_cache_dir("images"), workers)
+
+
+def check_classes(source, data_dir):
+    """One line when a class-conditional run's data has no classes to learn."""
+    if data_dir is None and not source.class_names:
+        raise UsageError(f"--conditional needs labels, and tensorflow-datasets "
+                         f"{source.description['dataset']!r} has no label feature; drop "
+                         "--conditional or use a labelled dataset")
+    if data_dir is not None:
+        unlabelled = sum(label < 0 for _, _, label in source.items())
+        if unlabelled or not source.class_names:
+            raise UsageError(
+                f"--conditional reads classes from the sub-folders of --data-dir {data_dir!r}, "
+                f"but {unlabelled or 'all'} image(s) lie directly in it; arrange it as "
+                f"{data_dir}/<class name>/<images> (one folder per class), or drop --conditional")
 
 
 def decode_in_memory(source, image_size, channels=None, workers=None):
@@ -190,13 +209,15 @@ class ImageBatches(keras.utils.PyDataset):
     `PreparedImages`); batches keep the images' dtype.
 
     The last incomplete batch is dropped so every training step has the same (compiled) shape.
-    With `shard=(index, count)` (one process of a multi-process run) a batch holds this process's
-    share of rows of the global batch of `batch_size`, so the processes together see exactly the
-    batches one process would. Batches are read ahead by `workers` threads.
+    With `labels` (class indices, one per image) a batch is (images, labels), as `fit` passes
+    them to a class-conditional model. With `shard=(index, count)` (one process of a multi-process
+    run) a batch holds this process's share of rows of the global batch of `batch_size`, so the
+    processes together see exactly the batches one process would. Batches are read ahead by
+    `workers` threads.
     """
 
     def __init__(self, images, batch_size, flip=True, seed=0, shuffle=True, epoch=0, indices=None,
-                 shard=(0, 1), workers=2, **kwargs):
+                 shard=(0, 1), workers=2, labels=None, **kwargs):
         super().__init__(workers=workers, **kwargs)
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) < batch_size:
@@ -207,6 +228,7 @@ class ImageBatches(keras.utils.PyDataset):
             raise UsageError(f"batch size {batch_size} does not split evenly over {shard_count} "
                              "processes; use a multiple of the process count")
         self.images = images
+        self.labels = None if labels is None else np.asarray(labels, "int32")
         self.batch_size = batch_size
         self.rows = slice(shard_index * batch_size // shard_count,
                           (shard_index + 1) * batch_size // shard_count)
@@ -236,10 +258,10 @@ class ImageBatches(keras.utils.PyDataset):
         return len(self.indices) // self.batch_size
 
     def batch(self, order, flips):
-        """The images at `order` (sorted), flipped where `flips` says."""
+        """The images at `order` (sorted), flipped where `flips` says, with their labels if any."""
         batch = self.images[order]
         batch[flips] = batch[flips, :, ::-1]
-        return batch
+        return batch if self.labels is None else (batch, self.labels[order])
 
     def __getitem__(self, index):
         start = index * self.batch_size

@@ -19,6 +19,7 @@ from diffusion_keras.callbacks import (
 )
 from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConfig
 from diffusion_keras.data import ImageBatches, normalizer_sample, preprocess
+from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
 
 
@@ -68,6 +69,21 @@ def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), s
     return model
 
 
+def training_labels(images, conditional, labels=None, class_names=None):
+    """(labels, class names) a run learns: none unless `conditional`; then the given ones, else the
+    images' own (`PreparedImages`)."""
+    if not conditional:
+        return None, ()
+    labels = getattr(images, "labels", None) if labels is None else np.asarray(labels)
+    class_names = tuple(getattr(images, "class_names", ()) if class_names is None else class_names)
+    if labels is None or not class_names:
+        raise UsageError("a conditional run needs labels and class names: pass images from "
+                         "data.open_images(..., conditional=True), or labels= and class_names=")
+    if len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(class_names):
+        raise UsageError(f"labels must be one class index in [0, {len(class_names)}) per image")
+    return labels, class_names
+
+
 def tensorboard_callbacks(run_dir):
     """Keras' own TensorBoard callback (losses and learning rate per epoch) and the sample grids."""
     log_dir = os.path.join(run_dir, runs.TENSORBOARD_DIR)
@@ -76,12 +92,14 @@ def tensorboard_callbacks(run_dir):
 
 
 def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=(),
-          resume_from=None):
+          resume_from=None, labels=None, class_names=None):
     """Train on `images` (uint8 NHWC, e.g. `data.open_images`' prepared images, or floats in
     [0, 1]) with the settings of `config` (a TrainingConfig; its model's image size and channels
     are taken from the images) and leave checkpoints, samples and a log in `run_dir`. Returns the
     trained model.
 
+    With `config.run.conditional` the model learns the class `labels` (default: the images' own,
+    as `PreparedImages` carry them) named by `class_names`.
     Batches are read as training goes, so only a few are in memory at once. With
     `config.run.distribute` (JAX) the model trains data-parallel on every device (`distributed`);
     each process reads its share of every batch and only process 0 writes the run folder.
@@ -99,22 +117,27 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     keras.utils.set_random_seed(seed)
     train_indices, validation_indices = split_indices(len(images), run.validation_split,
                                                       batch_size, seed)
+    labels, class_names = training_labels(images, run.conditional, labels, class_names)
     shard = (distributed.process_index(), distributed.process_count())
     batches = ImageBatches(images, batch_size, flip=run.resolved_flip(), seed=seed,
                            epoch=0 if resume_from is None else resume_from.epoch,
-                           indices=train_indices, shard=shard)
+                           indices=train_indices, shard=shard, labels=labels)
     if resume_from is None:
         model_config = config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
-                                            seed=seed)
+                                            seed=seed, class_names=class_names)
         model = build_model(model_config, optimization, len(batches))
         model.normalizer.adapt(normalizer_sample(images, train_indices, seed))
         initial_epoch, history = 0, []
     else:
         model, initial_epoch, history, _ = resume_from
+        if model.config.class_names != class_names:
+            raise UsageError(f"the data's classes {list(class_names)} are not the checkpoint's "
+                             f"{list(model.config.class_names)}; resume on the same data")
     validation = None
     if validation_indices is not None:
         validation = backend.as_fit_input(ImageBatches(
-            images, batch_size, flip=False, shuffle=False, indices=validation_indices, shard=shard))
+            images, batch_size, flip=False, shuffle=False, indices=validation_indices, shard=shard,
+            labels=labels))
     if distributed.process_index() == 0:
         runs.prepare_run_dir(run_dir)  # only now: a run that cannot start leaves no folder behind
         saved = TrainingConfig(model.config, optimization, run)

@@ -302,3 +302,71 @@ def test_train_generate_save_and_load_on_every_backend(checkpoint, tmp_path):
         np.testing.assert_allclose(result["loaded"], result["trained"], atol=1e-5, err_msg=backend)
         np.testing.assert_allclose(result["shared"], results["tensorflow"]["shared"], atol=1e-4,
                                    err_msg=backend)
+
+
+# The data side: train.py --conditional learns the sub-folder classes from the prepared images.
+CLI_TRAINING = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size",
+                "8", "--plot-every", "5"]
+
+
+def test_train_conditional_learns_the_sub_folder_classes_then_generates_them(tiny_folder,
+                                                                              tmp_path):
+    from diffusion_keras.cli import train
+
+    run_dir = tmp_path / "run"
+    assert train.main(["--conditional", "--data-dir", str(tiny_folder), "--run-dir",
+                       str(run_dir), "--epochs", "1", *CLI_TRAINING]) == 0
+    model = load_checkpoint(str(run_dir / "checkpoints" / "epoch_0001.keras"))
+    assert model.config.class_names == ("a", "b")
+    assert json.loads((run_dir / "config.json").read_text())["run"]["conditional"] is True
+    assert generate.main(["--checkpoint", str(run_dir), "--class", "b", "--guidance", "0,2",
+                          "--num-images", "2", "--steps", "2", "--output",
+                          str(tmp_path / "out"), "--quiet"]) == 0
+    assert any("guidance0-2" in name for name in os.listdir(tmp_path / "out"))
+
+
+def test_train_conditional_on_a_folder_without_classes_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from diffusion_keras.cli import train
+
+    for index in range(3):
+        Image.new("RGB", (20, 20), (index * 50, 0, 0)).save(tmp_path / f"{index}.png")
+    code = train.main(["--conditional", "--data-dir", str(tmp_path), "--run-dir",
+                       str(tmp_path / "run"), *CLI_TRAINING])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert "3 image(s) lie directly in it" in error and "<class name>/<images>" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_conditional_on_a_dataset_without_labels_is_refused():
+    from diffusion_keras import data, image_cache
+
+    unlabelled = image_cache.Source(name="x", description={"dataset": "x"}, count=0,
+                                    items=lambda: iter(()), class_names=[])
+    with pytest.raises(UsageError, match="has no label feature; drop --conditional"):
+        data.check_classes(unlabelled, None)
+
+
+def test_conditional_run_resumes_exactly(tiny_folder, tmp_path):
+    """Label dropout draws from the model's seed generator, restarted per epoch: a resumed
+    conditional run repeats the uninterrupted one."""
+    from diffusion_keras import runs, training
+    from diffusion_keras.config import OptimizationConfig, RunConfig, TrainingConfig
+    from diffusion_keras.data import open_images
+
+    images = open_images(16, data_dir=str(tiny_folder), cache_dir=str(tmp_path / "cache"),
+                         conditional=True)
+
+    def config(epochs):
+        return TrainingConfig(ModelConfig(widths=(8, 16), block_depth=1, label_dropout=0.5),
+                              OptimizationConfig(epochs=epochs, batch_size=8),
+                              RunConfig(validation_split=0.0, conditional=True, plot_every=5))
+
+    whole = training.train(images, str(tmp_path / "whole"), config(2), verbose=0)
+    training.train(images, str(tmp_path / "half"), config(1), verbose=0)
+    resumed = training.train(images, str(tmp_path / "half"), config(2), verbose=0,
+                             resume_from=runs.resume_point(str(tmp_path / "half")))
+    for weight, expected in zip(resumed.weights, whole.weights):
+        np.testing.assert_allclose(np.asarray(weight), np.asarray(expected), rtol=1e-5, atol=1e-6)

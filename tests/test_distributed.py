@@ -1,4 +1,5 @@
-"""Data-parallel training on JAX over two fake CPU devices matches one device; other backends refuse."""
+"""Data-parallel training on JAX over two fake CPU devices matches one device (a class-conditional
+model, so labels travel with the sharded batches); other backends refuse."""
 
 import json
 import os
@@ -20,19 +21,20 @@ TWO_DEVICES = textwrap.dedent("""
     from diffusion_keras.config import TrainingConfig
 
     images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    classes = {"labels": np.arange(40) % 2, "class_names": ("odd", "even")}  # class-conditional
     config = TrainingConfig().updated({
         "model": {"widths": (8, 16), "block_depth": 1, "embedding_dims": 8},
         "optimization": {"epochs": 1, "batch_size": 8},
-        "run": {"validation_split": 0.2, "seed": 3}})
+        "run": {"validation_split": 0.2, "seed": 3, "conditional": True}})
 
     def weights(model):
         return [np.asarray(w) for w in model.network.weights + model.ema_network.weights]
 
-    single = training.train(images, sys.argv[1] + "/single", config, verbose=0)
-    one_device = single.generate(6, 5, seed=1, verbose=False)
+    single = training.train(images, sys.argv[1] + "/single", config, verbose=0, **classes)
+    one_device = single.generate(6, 5, seed=1, verbose=False, labels=1, guidance=2.0)
     double = training.train(images, sys.argv[1] + "/double",
-                            config.updated({"run": {"distribute": True}}), verbose=0)
-    two_devices = double.generate(6, 5, seed=1, verbose=False)
+                            config.updated({"run": {"distribute": True}}), verbose=0, **classes)
+    two_devices = double.generate(6, 5, seed=1, verbose=False, labels=1, guidance=2.0)
     replicas = [[np.asarray(shard.data) for shard in w.value.addressable_shards]
                 for w in double.network.weights + double.ema_network.weights]
     print(json.dumps({

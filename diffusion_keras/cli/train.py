@@ -61,6 +61,12 @@ def parser():
         type=float)
     add(data, "--cache-dir", "run", "where the images are prepared once (decoded and resized into "
         "one file that training reads batch by batch; default: ~/.cache/diffusion_keras/images)")
+    add(data, "--conditional", "run", "learn the class labels (tensorflow-datasets' label, or the "
+        "first-level sub-folders of --data-dir) for generate.py --class and --guidance",
+        action="store_const", const=True)
+    add(data, "--label-dropout", "model", "with --conditional: fraction of labels dropped to 'no "
+        "class', so the network also learns the unconditional prediction guidance needs",
+        type=float)
     add(data, "--distribute", "run", "train data-parallel on every local device (and host: see "
         "README), with the JAX backend", action="store_const", const=True)
     arch = p.add_argument_group("architecture")
@@ -224,7 +230,7 @@ def fit_run(config, resume_from):
     run, run_dir = config.run, config.run.run_dir
     channels = resume_from.model.config.channels if resume_from is not None else None
     images = open_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed,
-                         channels, run.cache_dir)
+                         channels, run.cache_dir, conditional=run.conditional)
     if resume_from is not None:
         started_with = runs.read_json(os.path.join(run_dir, "config.json"), "run settings").get(
             "num_images")
@@ -234,7 +240,9 @@ def fit_run(config, resume_from):
                   file=sys.stderr)
         print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
     else:
-        print(f"training on {len(images)} images of shape {images.shape[1:]}; run folder {run_dir}")
+        classes = f" in {len(images.class_names)} classes" if run.conditional else ""
+        print(f"training on {len(images)} images of shape {images.shape[1:]}{classes}; run folder "
+              f"{run_dir}")
     training.train(images, run_dir, config,
                    verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
                    resume_from=resume_from)
