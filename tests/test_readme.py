@@ -21,9 +21,11 @@ def readme_commands():
     snippets = re.findall(r"```[a-z]*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
     commands = []
     for snippet in snippets:
-        for line in snippet.splitlines():
+        for line in snippet.replace("\\\n", " ").splitlines():  # continued lines joined
             for command in line.split("&&"):
                 words = shlex.split(command.split("#")[0])
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VARIABLE=value prefixes
+                    words = words[1:]
                 if len(words) >= 2 and words[0].endswith("python") and words[1] != "-c":
                     commands.append((words[1:3] if words[1] == "-m" else words[1:2],
                                      words[3:] if words[1] == "-m" else words[2:]))
