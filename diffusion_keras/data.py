@@ -174,18 +174,10 @@ def check_classes(source, data_dir):
 
 def decode_in_memory(source, image_size, channels=None, workers=None):
     """A small source decoded into one uint8 array, without preparing a file."""
-    report = image_files.SkipReport(source.description.get("data_dir", source.name), image_size)
-    items = list(source.items())
-    decoded = image_files.decode_all([item for _, item, _ in items], len(items), image_size,
-                                     channels, workers)
-    arrays, grays = [], []
-    for (name, _, _), (array, gray) in zip(items, decoded):
-        if report.add(name, array):
-            arrays.append(array)
-            grays.append(gray)
-    report.finish(len(arrays))
-    images = np.stack(arrays)
-    return images[..., :1] if channels is None and all(grays) else images
+    decoded = list(image_files.decode_usable(source.items(), source.count, image_size, channels,
+                                             source.where, workers))
+    images = np.stack([array for _, array, _, _ in decoded])
+    return images[..., :1] if channels is None and all(gray for _, _, gray, _ in decoded) else images
 
 
 def load_image_folder(data_dir, image_size, channels=None, limit=None, seed=0):

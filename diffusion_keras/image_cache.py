@@ -41,6 +41,11 @@ class Source:
     items: Callable
     class_names: list
 
+    @property
+    def where(self):
+        """Where the images come from, for messages: the folder, else the name."""
+        return self.description.get("data_dir", self.name)
+
 
 class PreparedImages:
     """A prepared file as a read-only uint8 image array: `images[indices]` reads just those images
@@ -60,7 +65,9 @@ class PreparedImages:
         return self.shape[0]
 
     def __getitem__(self, indices):
-        indices = np.arange(len(self))[indices]
+        if isinstance(indices, slice):
+            indices = range(*indices.indices(len(self)))
+        indices = np.asarray(indices)
         if indices.ndim == 0:
             return self[indices[None]][0]
         batch = np.empty((len(indices), *self.shape[1:]), np.uint8)
@@ -128,31 +135,22 @@ def prepare(source, image_size, channels, path, description_path, key, workers=N
     folder = os.path.dirname(path)
     check_disk_space(folder, source.count * image_size * image_size * (channels or 3))
     os.makedirs(folder, exist_ok=True)
-    report = image_files.SkipReport(source.description.get("data_dir", source.name), image_size)
     progress = keras.utils.Progbar(source.count, unit_name="image", interval=1.0)
     print(f"preparing {source.count} images of {source.name} at {image_size} pixels in {path} "
           "(once; later runs reuse them)", file=sys.stderr)
-    labels, all_gray = [], True
+    labels, all_gray, done = [], True, 0
     try:
         with runs.atomic_write(path) as temporary:
             with open(temporary, "wb") as file:
-                names, item_labels = [], []
-
-                def items():  # names and labels kept aside, the images sent to decode
-                    for name, item, label in source.items():
-                        names.append(name)
-                        item_labels.append(label)
-                        yield item
-
-                decoded = image_files.decode_all(items(), source.count, image_size, channels,
-                                                 workers)
-                for index, (array, gray) in enumerate(decoded):
-                    if report.add(names[index], array):
-                        file.write(array.tobytes())
-                        labels.append(item_labels[index])
-                        all_gray = all_gray and gray
-                    progress.update(index + 1)
-            report.finish(len(labels))
+                for position, array, gray, label in image_files.decode_usable(
+                        source.items(), source.count, image_size, channels, source.where, workers):
+                    file.write(array.tobytes())
+                    labels.append(label)
+                    all_gray = all_gray and gray
+                    done = position + 1
+                    progress.update(done)
+            if done < source.count:  # skipped images at the end
+                progress.update(source.count)
             if channels is None and all_gray:
                 keep_first_channel(temporary, (len(labels), image_size, image_size, 3))
     except OSError as error:

@@ -4,6 +4,7 @@ Pillow and NumPy only (no Keras), so the decoding worker processes start in a fr
 and JAX and PyTorch users need no TensorFlow.
 """
 
+import collections
 import concurrent.futures
 import io
 import itertools
@@ -107,6 +108,28 @@ def decode_all(sources, count, image_size, channels=None, workers=None):
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         while window := list(itertools.islice(tasks, WINDOW)):
             yield from pool.map(_decode_task, window, chunksize=32)
+
+
+def decode_usable(items, count, image_size, channels, where, workers=None):
+    """(position, uint8 array, is grayscale, label) of every usable one of the `count` `items`
+    ((name, path or encoded bytes, label), in order), decoded by `decode_all`; the others are
+    reported in one warning at the end (one error when none is usable, naming `where`)."""
+    report = SkipReport(where, image_size)
+    pending = collections.deque()  # names and labels of the items being decoded, in order
+
+    def sources():
+        for name, item, label in items:
+            pending.append((name, label))
+            yield item
+
+    used = 0
+    for position, (array, gray) in enumerate(decode_all(sources(), count, image_size, channels,
+                                                        workers)):
+        name, label = pending.popleft()
+        if report.add(name, array):
+            used += 1
+            yield position, array, gray, label
+    report.finish(used)
 
 
 class SkipReport:

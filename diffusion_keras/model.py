@@ -330,7 +330,8 @@ class DiffusionModel(keras.Model):
                 padding = batch_size - count
                 noise = np.pad(noise, ((0, padding), (0, 0), (0, 0), (0, 0)))
                 step_seeds = np.pad(step_seeds, ((0, 0), (0, padding), (0, 0)))
-                batch_labels = None if labels is None else np.pad(batch_labels, (0, padding))
+                if batch_labels is not None:
+                    batch_labels = np.pad(batch_labels, (0, padding))
             if batch_labels is not None:
                 batch_labels = distributed.shard_batch(batch_labels)
             images = sample(distributed.shard_batch(noise), step_seeds, batch_labels, guidance)

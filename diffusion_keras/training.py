@@ -69,7 +69,7 @@ def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), s
     return model
 
 
-def training_labels(images, conditional, labels=None, class_names=None):
+def run_classes(images, conditional, labels=None, class_names=None):
     """(labels, class names) a run learns: none unless `conditional`; then the given ones, else the
     images' own (`PreparedImages`)."""
     if not conditional:
@@ -117,7 +117,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     keras.utils.set_random_seed(seed)
     train_indices, validation_indices = split_indices(len(images), run.validation_split,
                                                       batch_size, seed)
-    labels, class_names = training_labels(images, run.conditional, labels, class_names)
+    labels, class_names = run_classes(images, run.conditional, labels, class_names)
     shard = (distributed.process_index(), distributed.process_count())
     batches = ImageBatches(images, batch_size, flip=run.resolved_flip(), seed=seed,
                            epoch=0 if resume_from is None else resume_from.epoch,
