@@ -53,6 +53,9 @@ RECIPES = {
     "flow-b32": ("the defaults (flow) at batch 32: twice the updates per image seen", {
         "optimization": {"batch_size": 32}}),
     "flow-b16": ("the defaults (flow) at batch 16", {"optimization": {"batch_size": 16}}),
+    "flow-every": ("the defaults (flow) + the noise embedding added in every residual block",
+                   {"model": {"embedding": "every"}}),
+    "flow-gn": ("the defaults (flow) + GroupNorm", {"model": {"norm": "group"}}),
 }
 
 
@@ -73,6 +76,11 @@ def parser():
     p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
     p.add_argument("--batch-size", type=int, default=64, help="unless the recipe sets its own")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-ema-powers", default="",
+                   help="also average each recipe's online weights with these EMA warm-up powers "
+                        "(momentum min(--extra-ema-max, 1 - (1 + n)^-p)) and score them as "
+                        "'ema-pP': EMA settings compared on one training run, outside the timing")
+    p.add_argument("--extra-ema-max", type=float, default=0.9999)
     p.add_argument("--output", default="time_to_quality", help="prefix of the .jsonl, .md and .png")
     p.add_argument("--plot-only", action="store_true", help="redraw the table and curve, train nothing")
     return p
@@ -104,13 +112,32 @@ class Scorer:
                 "kd_cifar10": float(np.asarray(kid))}
 
 
-def sample(model, noises, args, network):
-    """Images from the EMA network, or from the online one (its weights lent to the EMA network)."""
+class ExtraAverages:
+    """EMAs of the online weights beside the model's own, one per warm-up power, kept in NumPy."""
+
+    def __init__(self, powers, maximum):
+        self.powers, self.maximum, self.averages, self.updates = powers, maximum, None, 0
+
+    def update(self, weights):
+        if self.averages is None:
+            self.averages = {power: [np.array(w, dtype=np.float32) for w in weights]
+                             for power in self.powers}
+        for power, average in self.averages.items():
+            rate = 1.0 - min(self.maximum, 1.0 - (1.0 + self.updates) ** -power)
+            for kept, weight in zip(average, weights):
+                kept -= rate * (kept - weight)
+        self.updates += 1
+
+
+def sample(model, noises, args, network, extra=None):
+    """Images from the EMA network, or from other weights lent to it: the online network's
+    ("online") or an extra average's ("ema-pP")."""
     if network == "ema":
         return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
                               spacing=args.spacing, verbose=False)
     kept = model.ema_network.get_weights()
-    model.ema_network.set_weights(model.network.get_weights())
+    model.ema_network.set_weights(model.network.get_weights() if network == "online"
+                                  else extra.averages[float(network[len("ema-p"):])])
     try:
         return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
                               spacing=args.spacing, verbose=False)
@@ -137,6 +164,9 @@ def train_recipe(name, images, scorer, noises, args, record):
     model = build_model(config.model, config.optimization, len(images) // batch_size)
     model.normalizer.adapt(images[:5000])
     batches = ImageBatches(images, batch_size, seed=args.seed)
+    powers = [float(power) for power in args.extra_ema_powers.split(",") if power]
+    extra = ExtraAverages(powers, args.extra_ema_max)
+    networks = ["ema", "online"] + [f"ema-p{power:g}" for power in powers]
     trained, steps, next_score = 0.0, 0, args.eval_every * 60
     budget = args.minutes * 60
     print(f"{name}: {description}", flush=True)
@@ -146,9 +176,11 @@ def train_recipe(name, images, scorer, noises, args, record):
             model.train_on_batch(batches[index])
             trained += time.perf_counter() - started
             steps += 1
+            if powers:
+                extra.update(model.network.get_weights())
             if trained >= next_score or trained >= budget:
-                for network in ("ema", "online"):
-                    scores = scorer(sample(model, noises, args, network))
+                for network in networks:
+                    scores = scorer(sample(model, noises, args, network, extra))
                     row = {"recipe": name, "network": network, "minutes": round(trained / 60, 2),
                            "steps": steps, **scores, "description": description,
                            "settings": {"model": model.config.to_dict(),
@@ -196,7 +228,7 @@ def write_report(rows, prefix):
         points = [(row["minutes"], row["fd_cifar10"]) for row in runs
                   if (row["recipe"], row["network"]) == (recipe, network)]
         axis.plot(*zip(*points), marker="o", color=colours[recipe],
-                  linestyle="-" if network == "ema" else ":", label=f"{recipe} ({network})")
+                  linestyle={"ema": "-", "online": ":"}.get(network, "--"), label=f"{recipe} ({network})")
     for name, row in references.items():
         axis.axhline(row["fd_cifar10"], color="grey", linestyle="--", linewidth=1)
         axis.text(0.01, row["fd_cifar10"], f"{name}: {row['description']}", fontsize=8,
