@@ -22,40 +22,46 @@ import numpy as np
 
 from diffusion_keras import config as settings
 
-# name -> (what it changes, settings on top of the library's defaults). "keras-io" is the 2022
-# recipe this project started from (`train.py --recipe keras-io`); "default" is whatever the
-# library's defaults are now.
+# name -> (what it is, settings on top of the library's defaults). "keras-io" is the 2022 recipe
+# this project started from (`train.py --recipe keras-io`); "default" is whatever the library's
+# defaults are now. Every other recipe is written out in full (from keras-io), so a name keeps the
+# meaning it had when its results were recorded, whatever the defaults become.
 KERAS_IO = settings.RECIPES["keras-io"]
+
+
+def variant(base, model=None, optimization=None):
+    return {"model": {**base["model"], **(model or {})},
+            "optimization": {**base["optimization"], **(optimization or {})}}
+
+
+EMA_WARMUP = variant(KERAS_IO, {"ema_warmup": 0.75})
+FLOW = variant(EMA_WARMUP, {"formulation": "flow", "prediction": None, "loss_function": None,
+                            "time_distribution": None})
 RECIPES = {
     "keras-io": ("the 2022 keras-io recipe (EMA 0.999 from step 0)", KERAS_IO),
     "default": ("the library's current defaults", {}),
-    "ema-warmup": ("keras-io + EMA warm-up (power 3/4)", {**KERAS_IO, "model": {
-        **KERAS_IO["model"], "ema_warmup": 0.75}}),
-    "lr-warmup": ("ema-warmup + 200 steps of learning-rate warm-up, lr 2e-3", {
-        "model": {**KERAS_IO["model"], "ema_warmup": 0.75},
-        "optimization": {**KERAS_IO["optimization"], "learning_rate": 2e-3, "warmup_steps": 200}}),
-    "group-norm": ("ema-warmup + GroupNorm", {**KERAS_IO, "model": {
-        **KERAS_IO["model"], "ema_warmup": 0.75, "norm": "group"}}),
-    "min-snr": ("ema-warmup + epsilon MSE with min-SNR-5 weighting", {**KERAS_IO, "model": {
-        **KERAS_IO["model"], "ema_warmup": 0.75, "loss_function": "mse",
-        "loss_weighting": "min_snr"}}),
-    "v-mse": ("ema-warmup + v-prediction, MSE on v", {**KERAS_IO, "model": {
-        **KERAS_IO["model"], "ema_warmup": 0.75, "prediction": "v", "loss_function": "mse"}}),
+    "ema-warmup": ("keras-io + EMA warm-up (power 3/4)", EMA_WARMUP),
+    "lr-warmup": ("ema-warmup + 200 steps of learning-rate warm-up, lr 2e-3", variant(
+        EMA_WARMUP, optimization={"learning_rate": 2e-3, "warmup_steps": 200})),
+    "group-norm": ("ema-warmup + GroupNorm", variant(EMA_WARMUP, {"norm": "group"})),
+    "min-snr": ("ema-warmup + epsilon MSE with min-SNR-5 weighting", variant(
+        EMA_WARMUP, {"loss_function": "mse", "loss_weighting": "min_snr"})),
+    "v-mse": ("ema-warmup + v-prediction, MSE on v", variant(
+        EMA_WARMUP, {"prediction": "v", "loss_function": "mse"})),
     "edm": ("ema-warmup + EDM: v-prediction MSE (= EDM preconditioning and weighting for unit-"
-            "variance data) with log-normal noise levels", {**KERAS_IO, "model": {
-                **KERAS_IO["model"], "ema_warmup": 0.75, "prediction": "v", "loss_function": "mse",
-                "time_distribution": "lognormal"}}),
-    "flow": ("ema-warmup + rectified flow (velocity, MSE, logit-normal times)", {
-        **KERAS_IO, "model": {**KERAS_IO["model"], "ema_warmup": 0.75, "formulation": "flow",
-                              "prediction": None, "loss_function": None, "time_distribution": None}}),
-    "flow-lr": ("the defaults (flow) + 200 steps of learning-rate warm-up to 2e-3", {
-        "optimization": {"learning_rate": 2e-3, "warmup_steps": 200}}),
-    "flow-b32": ("the defaults (flow) at batch 32: twice the updates per image seen", {
-        "optimization": {"batch_size": 32}}),
-    "flow-b16": ("the defaults (flow) at batch 16", {"optimization": {"batch_size": 16}}),
-    "flow-every": ("the defaults (flow) + the noise embedding added in every residual block",
-                   {"model": {"embedding": "every"}}),
-    "flow-gn": ("the defaults (flow) + GroupNorm", {"model": {"norm": "group"}}),
+            "variance data) with log-normal noise levels", variant(EMA_WARMUP, {
+                "prediction": "v", "loss_function": "mse", "time_distribution": "lognormal"})),
+    "flow": ("ema-warmup + rectified flow (velocity, MSE, logit-normal times)", FLOW),
+    "flow-lr": ("flow + 200 steps of learning-rate warm-up to 2e-3", variant(
+        FLOW, optimization={"learning_rate": 2e-3, "warmup_steps": 200})),
+    "flow-b32": ("flow at batch 32: twice the updates per image seen", variant(
+        FLOW, optimization={"batch_size": 32})),
+    "flow-b16": ("flow at batch 16", variant(FLOW, optimization={"batch_size": 16})),
+    "flow-every": ("flow + the noise embedding added in every residual block", variant(
+        FLOW, {"embedding": "every"})),
+    "flow-gn": ("flow + GroupNorm", variant(FLOW, {"norm": "group"})),
+    "flow-every-p0.67": ("flow-every + EMA warm-up power 0.67", variant(
+        FLOW, {"embedding": "every", "ema_warmup": 0.67})),
 }
 
 
@@ -221,14 +227,19 @@ def write_report(rows, prefix):
                      f"{row['kd_cifar10']:.4f} |")
     with open(f"{prefix}.md", "w") as file:
         file.write("\n".join(lines) + "\n")
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(9, 4.5))
     colours = {recipe: f"C{index}" for index, recipe in enumerate(dict.fromkeys(
         row["recipe"] for row in runs))}
+    # the network users sample from: solid; the online one: dotted; extra averages: thin, dashed
+    styles = {"ema": {"linestyle": "-", "marker": "o"}, "online": {"linestyle": ":", "marker": "s"}}
+    extras = sorted({row["network"] for row in runs} - set(styles))
+    styles.update({network: {"linestyle": "--", "marker": "^vDxP*"[index % 6], "linewidth": 0.8,
+                             "alpha": 0.6} for index, network in enumerate(extras)})
     for (recipe, network) in dict.fromkeys((row["recipe"], row["network"]) for row in runs):
         points = [(row["minutes"], row["fd_cifar10"]) for row in runs
                   if (row["recipe"], row["network"]) == (recipe, network)]
-        axis.plot(*zip(*points), marker="o", color=colours[recipe],
-                  linestyle={"ema": "-", "online": ":"}.get(network, "--"), label=f"{recipe} ({network})")
+        axis.plot(*zip(*points), color=colours[recipe], label=f"{recipe} ({network})",
+                  **styles[network])
     for name, row in references.items():
         axis.axhline(row["fd_cifar10"], color="grey", linestyle="--", linewidth=1)
         axis.text(0.01, row["fd_cifar10"], f"{name}: {row['description']}", fontsize=8,
@@ -238,7 +249,7 @@ def write_report(rows, prefix):
     axis.set_xlabel("training minutes (evaluation not counted)")
     axis.set_ylabel("FD-cifar10 (lower is better)")
     axis.set_title("Image quality against training time")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(f"{prefix}.png", dpi=120)
     plt.close(figure)

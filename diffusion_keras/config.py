@@ -56,9 +56,10 @@ FORMULATION_DEFAULTS = {
 # keras-io DDIM recipe this project started from (EMA 0.999 from the first step, epsilon MAE).
 RECIPES = {
     "keras-io": {
-        "model": {"ema": 0.999, "ema_warmup": 0.0, "norm": "batch", "formulation": "continuous",
-                  "schedule": None, "prediction": None, "time_distribution": None,
-                  "loss_function": None, "loss_target": None, "loss_weighting": "uniform"},
+        "model": {"ema": 0.999, "ema_warmup": 0.0, "norm": "batch", "embedding": "input",
+                  "formulation": "continuous", "schedule": None, "prediction": None,
+                  "time_distribution": None, "loss_function": None, "loss_target": None,
+                  "loss_weighting": "uniform"},
         "optimization": {"learning_rate": 1e-3, "warmup_steps": 0,
                          "learning_rate_schedule": "constant"},
     },
@@ -188,7 +189,7 @@ class ModelConfig(_Section):
     embedding_max_frequency: float = 1000.0
     attention_resolutions: tuple = ()
     norm: str = "batch"
-    embedding: str = "input"
+    embedding: str = "every"  # noise level added in every residual block (DDPM), not at the input
     dropout: float = 0.0
     # class conditioning (empty: unconditional); classifier-free guidance needs the label dropout
     class_names: tuple = ()
@@ -206,7 +207,7 @@ class ModelConfig(_Section):
     min_snr_gamma: float = 5.0
     # sampling network
     ema: float = 0.999
-    ema_warmup: float = 0.75  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
+    ema_warmup: float = 0.67  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
     seed: int | None = None
 
     def __post_init__(self):

@@ -37,3 +37,22 @@ def test_the_measured_winner_is_the_default_and_keras_io_one_flag_away():
     assert TrainingConfig().updated(time_to_quality.RECIPES["flow"][1]) == TrainingConfig()
     assert TrainingConfig().updated(time_to_quality.RECIPES["keras-io"][1]) == \
         TrainingConfig().updated(RECIPES["keras-io"])
+
+
+def test_an_extra_average_with_the_models_own_settings_is_the_models_ema():
+    import numpy as np
+
+    from diffusion_keras.config import ModelConfig, OptimizationConfig
+    from diffusion_keras.training import build_model
+
+    model = build_model(ModelConfig(image_size=8, widths=(8, 16), block_depth=1, norm="group",
+                                    seed=0), OptimizationConfig(batch_size=4), 10)
+    model.normalizer.adapt(np.full((4, 8, 8, 3), 0.5, "float32"))
+    extra = time_to_quality.ExtraAverages([0.75, 0.5], maximum=0.999)
+    batch = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)
+    for _ in range(4):  # the model averages the weights its step starts from
+        extra.update(model.network.get_weights())
+        model.train_on_batch(batch)
+    ema = model.ema_network.get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(extra.averages[0.75], ema)) < 1e-6
+    assert max(np.abs(a - b).max() for a, b in zip(extra.averages[0.5], ema)) > 1e-4
