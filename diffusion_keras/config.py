@@ -92,7 +92,7 @@ PRESETS = {
                          "clip_norm": 1.0},
     },
 }
-PRESET_PARAMETERS = {"cifar": 1_953_507, "ddpm-cifar": 35_800_259, "64px": 16_876_611,
+PRESET_PARAMETERS = {"cifar": 2_078_467, "ddpm-cifar": 35_800_259, "64px": 16_876_611,
                      "128px": 38_120_003}
 
 

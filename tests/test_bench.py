@@ -32,7 +32,8 @@ def test_peak_tflops_adds_the_model_flop_utilisation(capsys):
 
 
 def test_flop_count_matches_a_hand_count():
-    network = build_unet(ModelConfig(image_size=8, widths=(4, 8), block_depth=1, embedding_dims=4))
+    network = build_unet(ModelConfig(image_size=8, widths=(4, 8), block_depth=1, embedding_dims=4,
+                                     embedding="input"))
     # 1x1 stem: 8*8*4*3; block at 8x8 (in 8 = 4 stem + 4 embedding, out 4): 1x1 skip 8*8*4*8,
     # 3x3 8->4 and 4->4; bottom block at 4x4 (4->8): skip 4*4*8*4, 3x3 4->8, 8->8;
     # up block at 8x8 (8+4 -> 4): skip 8*8*4*12, 3x3 12->4, 4->4; output 1x1 4->3.

@@ -34,7 +34,8 @@ def test_two_recipes_are_trained_scored_and_reported(tiny_folder, tmp_path):
 def test_the_measured_winner_is_the_default_and_keras_io_one_flag_away():
     from diffusion_keras.config import RECIPES, TrainingConfig
 
-    assert TrainingConfig().updated(time_to_quality.RECIPES["flow"][1]) == TrainingConfig()
+    assert TrainingConfig().updated(time_to_quality.RECIPES["flow-every-p0.67"][1]) == \
+        TrainingConfig()
     assert TrainingConfig().updated(time_to_quality.RECIPES["keras-io"][1]) == \
         TrainingConfig().updated(RECIPES["keras-io"])
 
@@ -46,7 +47,7 @@ def test_an_extra_average_with_the_models_own_settings_is_the_models_ema():
     from diffusion_keras.training import build_model
 
     model = build_model(ModelConfig(image_size=8, widths=(8, 16), block_depth=1, norm="group",
-                                    seed=0), OptimizationConfig(batch_size=4), 10)
+                                    ema_warmup=0.75, seed=0), OptimizationConfig(batch_size=4), 10)
     model.normalizer.adapt(np.full((4, 8, 8, 3), 0.5, "float32"))
     extra = time_to_quality.ExtraAverages([0.75, 0.5], maximum=0.999)
     batch = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)

@@ -40,11 +40,14 @@ def test_embedding_layer_config_round_trips():
     assert clone(values).shape == (6, 16)
 
 
-def test_default_options_build_the_keras_io_network():
+def test_default_options_are_batchnorm_no_attention_and_the_embedding_in_every_block():
     plain = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8)
     explicit = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8,
-                    attention_resolutions=(), norm="batch", embedding="input", dropout=0.0)
+                    attention_resolutions=(), norm="batch", embedding="every", dropout=0.0)
+    keras_io = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8,
+                    embedding="input")
     assert [w.shape for w in plain.weights] == [w.shape for w in explicit.weights]
+    assert keras_io.count_params() < plain.count_params(), "keras-io: no per-block projections"
     kinds = {layer.__class__.__name__ for layer in plain.layers}
     assert "BatchNormalization" in kinds and "MultiHeadAttention" not in kinds
 
