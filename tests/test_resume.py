@@ -58,6 +58,13 @@ def grid(run_dir, epoch):
     return np.asarray(Image.open(os.path.join(run_dir, runs.SAMPLES_DIR, f"epoch_{epoch:04d}.png")))
 
 
+def assert_same_grid(run_dir, reference_dir, epoch):
+    """The same sample grid, up to rounding: weights equal to ~1e-6 (the CPU's reduction order
+    varies) can tip a few pixels across a level boundary, never further."""
+    difference = np.abs(grid(run_dir, epoch).astype(int) - grid(reference_dir, epoch).astype(int))
+    assert difference.max() <= 1 and np.mean(difference > 0) < 0.01
+
+
 def assert_same_log(log, expected):
     assert [row["epoch"] for row in log] == [row["epoch"] for row in expected]
     for row, expected_row in zip(log, expected):
@@ -94,7 +101,7 @@ def test_same_seed_gives_the_same_log_and_grids(reference, tiny_uint8, tmp_path)
     run_dir = runs.prepare_run_dir(str(tmp_path / "again"))
     training.train(tiny_uint8, run_dir, config(1), verbose=0)
     assert_same_log(log_of(run_dir), log_of(reference_dir)[:1])
-    np.testing.assert_array_equal(grid(run_dir, 1), grid(reference_dir, 1))
+    assert_same_grid(run_dir, reference_dir, 1)
     other_dir = runs.prepare_run_dir(str(tmp_path / "other_seed"))
     training.train(tiny_uint8, other_dir, config(1, seed=1), verbose=0)
     assert log_of(other_dir)[0]["noise_loss"] != log_of(reference_dir)[0]["noise_loss"]
@@ -119,7 +126,7 @@ def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(referen
     for weight, expected in zip(model.weights, reference_model.weights):
         assert weight.path.split("/")[-1] == expected.path.split("/")[-1]
         np.testing.assert_allclose(np.asarray(weight), np.asarray(expected), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(grid(run_dir, 3), grid(reference_dir, 3))
+    assert_same_grid(run_dir, reference_dir, 3)
 
 
 # The child sends itself a real SIGINT in the middle of epoch 2 (before its second step). It first
@@ -166,7 +173,7 @@ def test_sigint_then_resume_newest_run_from_the_cli(reference, tiny_folder, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {run_dir} after epoch 1 of 3" in result.stdout
     assert_same_log(log_of(tmp_path / run_dir), log_of(reference_dir))
-    np.testing.assert_array_equal(grid(tmp_path / run_dir, 3), grid(reference_dir, 3))
+    assert_same_grid(tmp_path / run_dir, reference_dir, 3)
     assert sorted(os.listdir(checkpoints)) == ["best.keras", "epoch_0002.keras", "epoch_0003.keras"]
 
 
