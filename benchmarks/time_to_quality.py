@@ -170,7 +170,7 @@ def train_recipe(name, images, scorer, noises, args, record):
     model = build_model(config.model, config.optimization, len(images) // batch_size)
     model.normalizer.adapt(images[:5000])
     batches = ImageBatches(images, batch_size, seed=args.seed)
-    powers = [float(power) for power in args.extra_ema_powers.split(",") if power]
+    powers = args.extra_ema_powers
     extra = ExtraAverages(powers, args.extra_ema_max)
     networks = ["ema", "online"] + [f"ema-p{power:g}" for power in powers]
     trained, steps, next_score = 0.0, 0, args.eval_every * 60
@@ -260,6 +260,12 @@ def main(argv=None):
     unknown = [name for name in args.recipes.split(",") if name not in RECIPES]
     if unknown:
         sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    try:
+        args.extra_ema_powers = [float(power) for power in args.extra_ema_powers.split(",") if power]
+    except ValueError:
+        sys.exit("error: --extra-ema-powers takes comma-separated numbers, e.g. 0.67,0.8")
+    if not all(power > 0 for power in args.extra_ema_powers) or not 0 < args.extra_ema_max < 1:
+        sys.exit("error: EMA warm-up powers must be positive and --extra-ema-max in (0, 1)")
     path = f"{args.output}.jsonl"
     if not args.plot_only:
         if not args.data_dir:
