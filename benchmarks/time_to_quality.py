@@ -119,17 +119,19 @@ class Scorer:
 
 
 class ExtraAverages:
-    """EMAs of the online weights beside the model's own, one per warm-up power, kept in NumPy."""
+    """EMAs of the online weights beside the model's own, one per warm-up power, kept in NumPy and
+    named as their rows are ("ema-p0.67")."""
 
     def __init__(self, powers, maximum):
-        self.powers, self.maximum, self.averages, self.updates = powers, maximum, None, 0
+        self.powers = {f"ema-p{power:g}": power for power in powers}
+        self.maximum, self.averages, self.updates = maximum, {}, 0
 
     def update(self, weights):
-        if self.averages is None:
-            self.averages = {power: [np.array(w, dtype=np.float32) for w in weights]
-                             for power in self.powers}
-        for power, average in self.averages.items():
-            rate = 1.0 - min(self.maximum, 1.0 - (1.0 + self.updates) ** -power)
+        from diffusion_keras.model import ema_momentum
+
+        for name, power in self.powers.items():
+            average = self.averages.setdefault(name, [np.array(w, np.float32) for w in weights])
+            rate = 1.0 - float(ema_momentum(self.updates, self.maximum, power))
             for kept, weight in zip(average, weights):
                 kept -= rate * (kept - weight)
         self.updates += 1
@@ -143,7 +145,7 @@ def sample(model, noises, args, network, extra=None):
                               spacing=args.spacing, verbose=False)
     kept = model.ema_network.get_weights()
     model.ema_network.set_weights(model.network.get_weights() if network == "online"
-                                  else extra.averages[float(network[len("ema-p"):])])
+                                  else extra.averages[network])
     try:
         return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
                               spacing=args.spacing, verbose=False)
@@ -170,9 +172,8 @@ def train_recipe(name, images, scorer, noises, args, record):
     model = build_model(config.model, config.optimization, len(images) // batch_size)
     model.normalizer.adapt(images[:5000])
     batches = ImageBatches(images, batch_size, seed=args.seed)
-    powers = args.extra_ema_powers
-    extra = ExtraAverages(powers, args.extra_ema_max)
-    networks = ["ema", "online"] + [f"ema-p{power:g}" for power in powers]
+    extra = ExtraAverages(args.extra_ema_powers, args.extra_ema_max)
+    networks = ["ema", "online", *extra.powers]
     trained, steps, next_score = 0.0, 0, args.eval_every * 60
     budget = args.minutes * 60
     print(f"{name}: {description}", flush=True)
@@ -182,7 +183,7 @@ def train_recipe(name, images, scorer, noises, args, record):
             model.train_on_batch(batches[index])
             trained += time.perf_counter() - started
             steps += 1
-            if powers:
+            if extra.powers:
                 extra.update(model.network.get_weights())
             if trained >= next_score or trained >= budget:
                 for network in networks:

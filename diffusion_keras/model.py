@@ -25,6 +25,14 @@ EDM_LOG_SIGMA_MEAN = -1.2 + math.log(2.0)  # Karras et al.'s P_mean for sigma_da
 EDM_LOG_SIGMA_STD = 1.2
 
 
+def ema_momentum(updates, ema, warmup):
+    """The EMA momentum after `updates` optimizer updates: `ema`, or with warm-up power p > 0
+    min(ema, 1 - (1 + updates)^-p) (k-diffusion's warm-up)."""
+    if warmup <= 0:
+        return ema
+    return ops.minimum(ema, 1.0 - (1.0 + updates) ** -warmup)
+
+
 @keras.saving.register_keras_serializable(package="diffusion_keras")
 class DiffusionModel(keras.Model):
     """Denoising diffusion model with an EMA copy of its U-Net, sampled with any sampler.
@@ -228,10 +236,8 @@ class DiffusionModel(keras.Model):
         """
         accumulate = getattr(self.optimizer, "gradient_accumulation_steps", None) or 1
         steps = ops.convert_to_tensor(self.training_steps)  # a read now, before the increment
-        momentum = self.config.ema
-        if self.config.ema_warmup > 0:
-            updates = ops.floor(steps / accumulate)
-            momentum = ops.minimum(momentum, 1.0 - (1.0 + updates) ** -self.config.ema_warmup)
+        momentum = ema_momentum(ops.floor(steps / accumulate), self.config.ema,
+                                self.config.ema_warmup)
         rate = 1.0 - momentum
         if accumulate > 1:
             rate = rate * ops.cast(ops.equal(ops.mod(steps, accumulate), 0.0), "float32")

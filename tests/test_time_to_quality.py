@@ -7,6 +7,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
 
+import pytest  # noqa: E402
 import time_to_quality  # noqa: E402
 
 
@@ -56,13 +57,11 @@ def test_an_extra_average_with_the_models_own_settings_is_the_models_ema():
         extra.update(model.network.get_weights())
         model.train_on_batch(batch)
     ema = model.ema_network.get_weights()
-    assert max(np.abs(a - b).max() for a, b in zip(extra.averages[0.75], ema)) < 1e-6
-    assert max(np.abs(a - b).max() for a, b in zip(extra.averages[0.5], ema)) > 1e-4
+    assert max(np.abs(a - b).max() for a, b in zip(extra.averages["ema-p0.75"], ema)) < 1e-6
+    assert max(np.abs(a - b).max() for a, b in zip(extra.averages["ema-p0.5"], ema)) > 1e-4
 
 
 def test_bad_extra_ema_powers_are_one_line_before_any_work(tmp_path):
-    import pytest
-
     for powers in ("0.6,abc", "-1"):
         with pytest.raises(SystemExit, match="error: .*EMA|error: --extra-ema-powers"):
             time_to_quality.main(["--data-dir", str(tmp_path / "absent"), "--extra-ema-powers",
