@@ -81,7 +81,8 @@ def parser():
     p.add_argument("--num-images", type=int, default=1000, help="generated images per score")
     p.add_argument("--sampler", default="dpmpp2m")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--spacing", default="uniform", help="sampler grid (the recorded results: uniform)")
+    p.add_argument("--spacing", default="uniform",
+                   help="sampler grid(s), comma-separated, each scored (runs 1-5 used uniform)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="train on a seeded subset (tests)")
     p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
@@ -142,18 +143,18 @@ class ExtraAverages:
         self.updates += 1
 
 
-def sample(model, noises, args, network, extra=None):
+def sample(model, noises, args, network, spacing, extra=None):
     """Images from the EMA network, or from other weights lent to it: the online network's
     ("online") or an extra average's ("ema-pP")."""
     if network == "ema":
         return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
-                              spacing=args.spacing, verbose=False)
+                              spacing=spacing, verbose=False)
     kept = model.ema_network.get_weights()
     model.ema_network.set_weights(model.network.get_weights() if network == "online"
                                   else extra.averages[network])
     try:
         return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
-                              spacing=args.spacing, verbose=False)
+                              spacing=spacing, verbose=False)
     finally:
         model.ema_network.set_weights(kept)
 
@@ -192,15 +193,16 @@ def train_recipe(name, images, scorer, noises, args, record):
                 extra.update(model.network.get_weights())
             if trained >= next_score or trained >= budget:
                 for network in networks:
-                    scores = scorer(sample(model, noises, args, network, extra))
-                    row = {"recipe": name, "network": network, "minutes": round(trained / 60, 2),
-                           "steps": steps, **scores, "description": description,
-                           "settings": {"model": model.config.to_dict(),
-                                        "optimization": config.optimization.to_dict()}}
-                    record(row)
-                    print(f"  {trained / 60:5.1f} min, {steps} steps, {network}: FD-cifar10 "
-                          f"{scores['fd_cifar10']:.2f}, KD-cifar10 {scores['kd_cifar10']:.4f}",
-                          flush=True)
+                    for spacing in args.spacing:
+                        scores = scorer(sample(model, noises, args, network, spacing, extra))
+                        record({"recipe": name, "network": network, "spacing": spacing,
+                                "minutes": round(trained / 60, 2), "steps": steps, **scores,
+                                "description": description,
+                                "settings": {"model": model.config.to_dict(),
+                                             "optimization": config.optimization.to_dict()}})
+                        print(f"  {trained / 60:5.1f} min, {steps} steps, {network}, {spacing}: "
+                              f"FD-cifar10 {scores['fd_cifar10']:.2f}, KD-cifar10 "
+                              f"{scores['kd_cifar10']:.4f}", flush=True)
                 next_score += args.eval_every * 60
             if trained >= budget:
                 break
@@ -224,12 +226,15 @@ def write_report(rows, prefix):
 
     references = {row["recipe"]: row for row in rows if row["network"] == "reference"}
     runs = [row for row in rows if row["network"] != "reference"]
-    lines = ["| recipe | network | minutes | steps | FD-cifar10 | KD-cifar10 |", "|---|---|---|---|---|---|"]
     for row in runs:
-        lines.append(f"| {row['recipe']} | {row['network']} | {row['minutes']:.1f} | {row['steps']} | "
-                     f"{row['fd_cifar10']:.2f} | {row['kd_cifar10']:.4f} |")
+        row.setdefault("spacing", "uniform")  # rows recorded before --spacing took several
+    lines = ["| recipe | network | grid | minutes | steps | FD-cifar10 | KD-cifar10 |",
+             "|---|---|---|---|---|---|---|"]
+    for row in runs:
+        lines.append(f"| {row['recipe']} | {row['network']} | {row['spacing']} | {row['minutes']:.1f} | "
+                     f"{row['steps']} | {row['fd_cifar10']:.2f} | {row['kd_cifar10']:.4f} |")
     for name, row in references.items():
-        lines.append(f"| {name} | {row['description']} | | | {row['fd_cifar10']:.2f} | "
+        lines.append(f"| {name} | {row['description']} | | | | {row['fd_cifar10']:.2f} | "
                      f"{row['kd_cifar10']:.4f} |")
     with open(f"{prefix}.md", "w") as file:
         file.write("\n".join(lines) + "\n")
@@ -241,11 +246,15 @@ def write_report(rows, prefix):
     extras = sorted({row["network"] for row in runs} - set(styles))
     styles.update({network: {"linestyle": "--", "marker": "^vDxP*"[index % 6], "linewidth": 0.8,
                              "alpha": 0.6} for index, network in enumerate(extras)})
-    for (recipe, network) in dict.fromkeys((row["recipe"], row["network"]) for row in runs):
+    # a second grid and beyond: hollow markers, named in the legend
+    grids = list(dict.fromkeys(row["spacing"] for row in runs))
+    for line in dict.fromkeys((row["recipe"], row["network"], row["spacing"]) for row in runs):
+        recipe, network, grid = line
         points = [(row["minutes"], row["fd_cifar10"]) for row in runs
-                  if (row["recipe"], row["network"]) == (recipe, network)]
-        axis.plot(*zip(*points), color=colours[recipe], label=f"{recipe} ({network})",
-                  **styles[network])
+                  if (row["recipe"], row["network"], row["spacing"]) == line]
+        label = f"{recipe} ({network}{', ' + grid if len(grids) > 1 else ''})"
+        hollow = {"markerfacecolor": "none"} if grid != grids[0] else {}
+        axis.plot(*zip(*points), color=colours[recipe], label=label, **styles[network], **hollow)
     for name, row in references.items():
         axis.axhline(row["fd_cifar10"], color="grey", linestyle="--", linewidth=1)
         axis.text(0.01, row["fd_cifar10"], f"{name}: {row['description']}", fontsize=8,
@@ -272,6 +281,10 @@ def main(argv=None):
         sys.exit("error: --extra-ema-powers takes comma-separated numbers, e.g. 0.67,0.8")
     if not all(power > 0 for power in args.extra_ema_powers) or not 0 < args.extra_ema_max < 1:
         sys.exit("error: EMA warm-up powers must be positive and --extra-ema-max in (0, 1)")
+    args.spacing = args.spacing.split(",")
+    unknown = [spacing for spacing in args.spacing if spacing not in settings.SPACINGS]
+    if unknown:
+        sys.exit(f"error: unknown --spacing {unknown}; known: {list(settings.SPACINGS)}")
     path = f"{args.output}.jsonl"
     if not args.plot_only:
         if not args.data_dir:
