@@ -143,18 +143,17 @@ class ExtraAverages:
         self.updates += 1
 
 
-def sample(model, noises, args, network, spacing, extra=None):
-    """Images from the EMA network, or from other weights lent to it: the online network's
-    ("online") or an extra average's ("ema-pP")."""
-    if network == "ema":
-        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
-                              spacing=spacing, verbose=False)
+def sample(model, noises, args, network, extra=None):
+    """{grid: images} for every --spacing, from the EMA network or from other weights lent to it
+    for the while: the online network's ("online") or an extra average's ("ema-pP")."""
     kept = model.ema_network.get_weights()
-    model.ema_network.set_weights(model.network.get_weights() if network == "online"
-                                  else extra.averages[network])
+    if network != "ema":
+        model.ema_network.set_weights(model.network.get_weights() if network == "online"
+                                      else extra.averages[network])
     try:
-        return model.generate(len(noises), args.steps, initial_noise=noises, sampler=args.sampler,
-                              spacing=spacing, verbose=False)
+        return {spacing: model.generate(len(noises), args.steps, initial_noise=noises,
+                                        sampler=args.sampler, spacing=spacing, verbose=False)
+                for spacing in args.spacing}
     finally:
         model.ema_network.set_weights(kept)
 
@@ -193,8 +192,8 @@ def train_recipe(name, images, scorer, noises, args, record):
                 extra.update(model.network.get_weights())
             if trained >= next_score or trained >= budget:
                 for network in networks:
-                    for spacing in args.spacing:
-                        scores = scorer(sample(model, noises, args, network, spacing, extra))
+                    for spacing, images in sample(model, noises, args, network, extra).items():
+                        scores = scorer(images)
                         record({"recipe": name, "network": network, "spacing": spacing,
                                 "minutes": round(trained / 60, 2), "steps": steps, **scores,
                                 "description": description,
