@@ -80,7 +80,8 @@ def parser():
     p.add_argument("--eval-every", type=float, default=5.0, help="training minutes between scores")
     p.add_argument("--num-images", type=int, default=1000, help="generated images per score")
     p.add_argument("--sampler", default="dpmpp2m")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", default="10",
+                   help="network calls per sample, comma-separated, each scored (runs 1-6 used 10)")
     p.add_argument("--spacing", default="uniform",
                    help="sampler grid(s), comma-separated, each scored (runs 1-5 used uniform)")
     p.add_argument("--image-size", type=int, default=32)
@@ -144,16 +145,18 @@ class ExtraAverages:
 
 
 def sample(model, noises, args, network, extra=None):
-    """{grid: images} for every --spacing, from the EMA network or from other weights lent to it
-    for the while: the online network's ("online") or an extra average's ("ema-pP")."""
+    """{(grid, calls): images} for every --spacing and --steps, from the EMA network or from other
+    weights lent to it for the while: the online network's ("online") or an extra average's
+    ("ema-pP")."""
     kept = model.ema_network.get_weights()
     if network != "ema":
         model.ema_network.set_weights(model.network.get_weights() if network == "online"
                                       else extra.averages[network])
     try:
-        return {spacing: model.generate(len(noises), args.steps, initial_noise=noises,
-                                        sampler=args.sampler, spacing=spacing, verbose=False)
-                for spacing in args.spacing}
+        return {(spacing, calls): model.generate(len(noises), calls, initial_noise=noises,
+                                                 sampler=args.sampler, spacing=spacing,
+                                                 verbose=False)
+                for spacing in args.spacing for calls in args.steps}
     finally:
         model.ema_network.set_weights(kept)
 
@@ -192,14 +195,16 @@ def train_recipe(name, images, scorer, noises, args, record):
                 extra.update(model.network.get_weights())
             if trained >= next_score or trained >= budget:
                 for network in networks:
-                    for spacing, images in sample(model, noises, args, network, extra).items():
+                    for (spacing, calls), images in sample(model, noises, args, network,
+                                                           extra).items():
                         scores = scorer(images)
                         record({"recipe": name, "network": network, "spacing": spacing,
-                                "minutes": round(trained / 60, 2), "steps": steps, **scores,
+                                "calls": calls, "minutes": round(trained / 60, 2), "steps": steps, **scores,
                                 "description": description,
                                 "settings": {"model": model.config.to_dict(),
                                              "optimization": config.optimization.to_dict()}})
-                        print(f"  {trained / 60:5.1f} min, {steps} steps, {network}, {spacing}: "
+                        print(f"  {trained / 60:5.1f} min, {steps} steps, {network}, {spacing}, "
+                              f"{calls} calls: "
                               f"FD-cifar10 {scores['fd_cifar10']:.2f}, KD-cifar10 "
                               f"{scores['kd_cifar10']:.4f}", flush=True)
                 next_score += args.eval_every * 60
@@ -227,13 +232,15 @@ def write_report(rows, prefix):
     runs = [row for row in rows if row["network"] != "reference"]
     for row in runs:
         row.setdefault("spacing", "uniform")  # rows recorded before --spacing took several
-    lines = ["| recipe | network | grid | minutes | steps | FD-cifar10 | KD-cifar10 |",
-             "|---|---|---|---|---|---|---|"]
+        row.setdefault("calls", 10)  # and before --steps did
+    lines = ["| recipe | network | grid | calls | minutes | steps | FD-cifar10 | KD-cifar10 |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in runs:
-        lines.append(f"| {row['recipe']} | {row['network']} | {row['spacing']} | {row['minutes']:.1f} | "
-                     f"{row['steps']} | {row['fd_cifar10']:.2f} | {row['kd_cifar10']:.4f} |")
+        lines.append(f"| {row['recipe']} | {row['network']} | {row['spacing']} | {row['calls']} | "
+                     f"{row['minutes']:.1f} | {row['steps']} | {row['fd_cifar10']:.2f} | "
+                     f"{row['kd_cifar10']:.4f} |")
     for name, row in references.items():
-        lines.append(f"| {name} | {row['description']} | | | | {row['fd_cifar10']:.2f} | "
+        lines.append(f"| {name} | {row['description']} | | | | | {row['fd_cifar10']:.2f} | "
                      f"{row['kd_cifar10']:.4f} |")
     with open(f"{prefix}.md", "w") as file:
         file.write("\n".join(lines) + "\n")
@@ -245,14 +252,15 @@ def write_report(rows, prefix):
     extras = sorted({row["network"] for row in runs} - set(styles))
     styles.update({network: {"linestyle": "--", "marker": "^vDxP*"[index % 6], "linewidth": 0.8,
                              "alpha": 0.6} for index, network in enumerate(extras)})
-    # a second grid and beyond: hollow markers, named in the legend
-    grids = list(dict.fromkeys(row["spacing"] for row in runs))
-    for line in dict.fromkeys((row["recipe"], row["network"], row["spacing"]) for row in runs):
-        recipe, network, grid = line
+    # a second sampling (grid, calls) and beyond: hollow markers, named in the legend
+    samplings = list(dict.fromkeys((row["spacing"], row["calls"]) for row in runs))
+    for line in dict.fromkeys((row["recipe"], row["network"], row["spacing"], row["calls"])
+                              for row in runs):
+        recipe, network, grid, calls = line
         points = [(row["minutes"], row["fd_cifar10"]) for row in runs
-                  if (row["recipe"], row["network"], row["spacing"]) == line]
-        label = f"{recipe} ({network}{', ' + grid if len(grids) > 1 else ''})"
-        hollow = {"markerfacecolor": "none"} if grid != grids[0] else {}
+                  if (row["recipe"], row["network"], row["spacing"], row["calls"]) == line]
+        label = f"{recipe} ({network}{f', {grid}, {calls} calls' if len(samplings) > 1 else ''})"
+        hollow = {"markerfacecolor": "none"} if (grid, calls) != samplings[0] else {}
         axis.plot(*zip(*points), color=colours[recipe], label=label, **styles[network], **hollow)
     for name, row in references.items():
         axis.axhline(row["fd_cifar10"], color="grey", linestyle="--", linewidth=1)
@@ -284,6 +292,12 @@ def main(argv=None):
     unknown = [spacing for spacing in args.spacing if spacing not in settings.SPACINGS]
     if unknown:
         sys.exit(f"error: unknown --spacing {unknown}; known: {list(settings.SPACINGS)}")
+    try:
+        args.steps = [int(calls) for calls in args.steps.split(",")]
+    except ValueError:
+        sys.exit("error: --steps takes comma-separated whole numbers of network calls, e.g. 10,20")
+    if min(args.steps) < 1:
+        sys.exit("error: --steps must be at least 1 network call")
     path = f"{args.output}.jsonl"
     if not args.plot_only:
         if not args.data_dir:

@@ -15,7 +15,7 @@ def test_two_recipes_are_trained_scored_and_reported(tiny_folder, tmp_path):
     prefix = str(tmp_path / "ttq")
     argv = ["--data-dir", str(tiny_folder), "--test-dir", str(tiny_folder), "--recipes",
             "keras-io,flow", "--minutes", "0.02", "--eval-every", "0.01", "--num-images", "8",
-            "--steps", "2", "--image-size", "16", "--widths", "8,16", "--batch-size", "8",
+            "--steps", "2,3", "--image-size", "16", "--widths", "8,16", "--batch-size", "8",
             "--extra-ema-powers", "0.5", "--spacing", "uniform,log_snr", "--output", prefix]
     assert time_to_quality.main(argv) == 0
     with open(prefix + ".jsonl") as file:
@@ -23,13 +23,14 @@ def test_two_recipes_are_trained_scored_and_reported(tiny_folder, tmp_path):
     assert [row["recipe"] for row in rows[:2]] == ["floor", "ceiling"]
     assert rows[1]["fd_cifar10"] > rows[0]["fd_cifar10"], "noise scores worse than real images"
     trained = rows[2:]
-    assert {(row["recipe"], row["network"], row["spacing"]) for row in trained} == {
-        (recipe, network, grid) for recipe in ("keras-io", "flow")
-        for network in ("ema", "online", "ema-p0.5") for grid in ("uniform", "log_snr")}
+    assert {(row["recipe"], row["network"], row["spacing"], row["calls"]) for row in trained} == {
+        (recipe, network, grid, calls) for recipe in ("keras-io", "flow")
+        for network in ("ema", "online", "ema-p0.5") for grid in ("uniform", "log_snr")
+        for calls in (2, 3)}
     assert all(row["fd_cifar10"] > 0 and row["steps"] > 0 for row in trained)
     assert {row["settings"]["model"]["formulation"] for row in trained} == {"continuous", "flow"}
     table = open(prefix + ".md").read()
-    assert "| keras-io | ema | uniform |" in table and "| flow | online | log_snr |" in table
+    assert "| keras-io | ema | uniform | 2 |" in table and "| flow | online | log_snr | 3 |" in table
     assert os.path.getsize(prefix + ".png") > 10000
 
 
@@ -61,11 +62,11 @@ def test_an_extra_average_with_the_models_own_settings_is_the_models_ema():
     assert max(np.abs(a - b).max() for a, b in zip(extra.averages["ema-p0.5"], ema)) > 1e-4
 
 
-def test_bad_extra_ema_powers_and_grids_are_one_line_before_any_work(tmp_path):
+def test_bad_extra_ema_powers_grids_and_calls_are_one_line_before_any_work(tmp_path):
     for flags in (["--extra-ema-powers", "0.6,abc"], ["--extra-ema-powers", "-1"],
-                  ["--spacing", "uniform,log-snr"]):
+                  ["--spacing", "uniform,log-snr"], ["--steps", "10,x"], ["--steps", "0"]):
         with pytest.raises(SystemExit, match="error: .*EMA|error: --extra-ema-powers|"
-                                             "error: unknown --spacing"):
+                                             "error: unknown --spacing|error: --steps"):
             time_to_quality.main(["--data-dir", str(tmp_path / "absent"), *flags,
                                   "--output", str(tmp_path / "ttq")])
     assert not os.listdir(tmp_path)
