@@ -254,11 +254,13 @@ def write_report(rows, prefix):
                              "alpha": 0.6} for index, network in enumerate(extras)})
     # a second sampling (grid, calls) and beyond: hollow markers, named in the legend
     samplings = list(dict.fromkeys((row["spacing"], row["calls"]) for row in runs))
-    for line in dict.fromkeys((row["recipe"], row["network"], row["spacing"], row["calls"])
-                              for row in runs):
+
+    def line_of(row):
+        return row["recipe"], row["network"], row["spacing"], row["calls"]
+
+    for line in dict.fromkeys(map(line_of, runs)):
         recipe, network, grid, calls = line
-        points = [(row["minutes"], row["fd_cifar10"]) for row in runs
-                  if (row["recipe"], row["network"], row["spacing"], row["calls"]) == line]
+        points = [(row["minutes"], row["fd_cifar10"]) for row in runs if line_of(row) == line]
         label = f"{recipe} ({network}{f', {grid}, {calls} calls' if len(samplings) > 1 else ''})"
         hollow = {"markerfacecolor": "none"} if (grid, calls) != samplings[0] else {}
         axis.plot(*zip(*points), color=colours[recipe], label=label, **styles[network], **hollow)
