@@ -67,6 +67,11 @@ RECIPES = {
                  "at batch 64; 20 minutes reach about 4,100)", FLOW_COSINE),
     "flow-cos-lr2e-3": ("flow-cos at learning rate 2e-3 after 200 warm-up updates", variant(
         FLOW_COSINE, optimization={"learning_rate": 2e-3, "warmup_steps": 200})),
+    "flow-wide": ("flow-every-p0.67 with widths 32,64,128,256 (2.6x the parameters, mostly at 8 and "
+                  "4 px; about 15% more time per step here)", variant(
+                      FLOW_EVERY_P067, {"widths": (32, 64, 128, 256)})),
+    "flow-uniform": ("flow-every-p0.67 with uniform times instead of logit-normal", variant(
+        FLOW_EVERY_P067, {"time_distribution": "uniform"})),
 }
 
 
