@@ -54,7 +54,10 @@ class SinusoidalEmbedding(layers.Layer):
 
 
 def normalization(kind, channels):
-    """Unscaled BatchNorm (keras-io) or GroupNorm with up to 32 groups (DDPM, Ho et al. 2020)."""
+    """Unscaled BatchNorm (keras-io), GroupNorm with up to 32 groups (DDPM, Ho et al. 2020), or none
+    (no statistics to keep or average, and a cheaper step on a CPU)."""
+    if kind == "none":
+        return layers.Identity()
     if kind == "group":
         return layers.GroupNormalization(groups=math.gcd(32, channels), center=False, scale=False)
     return layers.BatchNormalization(center=False, scale=False)

@@ -11,10 +11,11 @@ from diffusion_keras.layers import SinusoidalEmbedding, down_block, unet_block, 
 def build_unet(config=ModelConfig(), name="unet"):
     """The U-Net a `ModelConfig` describes. By default the keras-io DDIM U-Net: the noise embedding
     is tiled over the image and joins at the input. DDPM-style options: self-attention at the
-    feature-map sides in `attention_resolutions`, GroupNorm (`norm="group"`), the embedding added to
-    every residual block (`embedding="every"`, through a small MLP as in DDPM) and dropout in the
-    residual blocks. With `class_names`, a learned class embedding (index len(class_names): no class)
-    is added to the noise embedding, so the classes reach the network wherever the noise level does.
+    feature-map sides in `attention_resolutions`, GroupNorm (`norm="group"`; or none, `norm="none"`),
+    the embedding added to every residual block (`embedding="every"`, through a small MLP as in DDPM)
+    and dropout in the residual blocks. With `class_names`, a learned class embedding (index
+    len(class_names): no class) is added to the noise embedding, so the classes reach the network
+    wherever the noise level does.
     """
     image_size, channels, widths = config.image_size, config.channels, config.widths
     embedding_dims, norm, dropout = config.embedding_dims, config.norm, config.dropout

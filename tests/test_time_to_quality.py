@@ -43,6 +43,16 @@ def test_the_measured_winner_is_the_default_and_keras_io_one_flag_away():
         TrainingConfig().updated(RECIPES["keras-io"])
 
 
+def test_every_recipe_is_valid_settings_that_say_what_it_changes():
+    from diffusion_keras.config import TrainingConfig
+
+    for name, (_, changes) in time_to_quality.RECIPES.items():
+        config = TrainingConfig().updated(changes)  # a bad value or name raises UsageError
+        for section, values in changes.items():
+            for setting, value in values.items():
+                assert getattr(getattr(config, section), setting) == value, (name, setting)
+
+
 def test_an_extra_average_with_the_models_own_settings_is_the_models_ema():
     import numpy as np
 

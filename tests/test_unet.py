@@ -70,6 +70,20 @@ def test_ddpm_style_options_build_attention_groupnorm_and_per_block_embedding():
                            keras.ops.convert_to_numpy(network([images, high])))
 
 
+def test_no_normalisation_builds_without_normalisation_layers_and_keeps_the_weights():
+    batch_norm = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8)
+    network = unet(image_size=16, channels=3, widths=(8, 16), block_depth=1, embedding_dims=8,
+                   norm="none")
+    kinds = {layer.__class__.__name__ for layer in network.layers}
+    assert not kinds & {"BatchNormalization", "GroupNormalization"}
+    # unscaled BatchNorm learns nothing: the same trainable weights, less its moving statistics
+    assert [w.shape for w in network.trainable_weights] == \
+        [w.shape for w in batch_norm.trainable_weights]
+    assert not network.non_trainable_weights and batch_norm.non_trainable_weights
+    output = network([np.random.rand(2, 16, 16, 3).astype("float32"), np.full((2, 1, 1, 1), 0.5)])
+    assert output.shape == (2, 16, 16, 3) and np.isfinite(keras.ops.convert_to_numpy(output)).all()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"norm": "layer"}, "normalization"),
     ({"embedding": "output"}, "embedding injection"),

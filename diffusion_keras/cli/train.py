@@ -76,7 +76,7 @@ def parser():
     add(arch, "--attention-resolutions", "model",
         "feature-map sides with self-attention, comma-separated (e.g. 16; '' for none)",
         type=int_list)
-    add(arch, "--norm", "model", "normalisation in the residual blocks",
+    add(arch, "--norm", "model", "normalisation in the residual blocks (none: no normalisation layers)",
         choices=settings.NORMALIZATIONS)
     add(arch, "--embedding", "model", "noise embedding joins at the input or in every residual block",
         choices=settings.EMBEDDINGS)
