@@ -76,6 +76,10 @@ RECIPES = {
                 "about 1.8x the updates per minute here)", variant(FLOW_EVERY_P067, {"block_depth": 1})),
     "flow-no-norm": ("flow-every-p0.67 without normalisation layers (about 1.35x the updates per "
                      "minute here)", variant(FLOW_EVERY_P067, {"norm": "none"})),
+    "flow-muon": ("flow-every-p0.67 trained with Muon (orthogonalised kernel updates) at 1e-3",
+                  variant(FLOW_EVERY_P067, optimization={"optimizer": "muon"})),
+    "flow-muon-lr5e-4": ("flow-muon at learning rate 5e-4", variant(
+        FLOW_EVERY_P067, optimization={"optimizer": "muon", "learning_rate": 5e-4})),
     "flow-d1-wide": ("flow-d1 with widths 48,96,144,192 (2.3M parameters, the defaults' step time)",
                      variant(FLOW_EVERY_P067, {"block_depth": 1, "widths": (48, 96, 144, 192)})),
 }

@@ -21,6 +21,7 @@ from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConf
 from diffusion_keras.data import ImageBatches, normalizer_sample, preprocess
 from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
+from diffusion_keras.optimizers import build_optimizer
 
 
 def split_indices(count, validation_split, batch_size, seed):
@@ -48,8 +49,8 @@ def learning_rate_schedule(optimization, total_updates):
 
 
 def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), steps_per_epoch=1):
-    """A compiled DiffusionModel with AdamW (gradients clipped to global norm `clip_norm` when
-    given), its learning-rate schedule over `optimization.epochs` of `steps_per_epoch` batches, and
+    """A compiled DiffusionModel with its optimizer (gradients clipped to global norm `clip_norm`
+    when given), its learning-rate schedule over `optimization.epochs` of `steps_per_epoch` batches, and
     this backend's best compile settings.
 
     `precision` is a Keras dtype policy (default: the fastest measured for this backend and
@@ -59,11 +60,7 @@ def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), s
     model = DiffusionModel(model_config, dtype=config.precision or backend.default_dtype_policy())
     total_updates = config.epochs * steps_per_epoch // config.accumulate_steps
     model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=learning_rate_schedule(config, total_updates),
-            weight_decay=config.weight_decay, global_clipnorm=config.clip_norm,
-            gradient_accumulation_steps=config.accumulate_steps if config.accumulate_steps > 1
-            else None),
+        optimizer=build_optimizer(config, learning_rate_schedule(config, total_updates)),
         jit_compile=backend.default_jit_compile(),
     )
     return model

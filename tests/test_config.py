@@ -50,6 +50,7 @@ def test_unset_settings_take_the_formulation_defaults(formulation):
     (ModelConfig, {"loss_weighting": "snr"}, "unknown loss weighting"),
     (ModelConfig, {"formulation": "ddpm", "time_distribution": "lognormal"}, "integer timesteps"),
     (OptimizationConfig, {"learning_rate": -1.0}, "learning rate must be non-negative"),
+    (OptimizationConfig, {"optimizer": "sgd"}, "unknown optimizer"),
     (OptimizationConfig, {"warmup_steps": -1}, "warm-up steps"),
     (RunConfig, {"validation_split": 1.0}, "validation split must be in [0, 1)"),
 ])

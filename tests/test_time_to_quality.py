@@ -37,7 +37,7 @@ def test_two_recipes_are_trained_scored_and_reported(tiny_folder, tmp_path):
 def test_the_measured_winner_is_the_default_and_keras_io_one_flag_away():
     from diffusion_keras.config import RECIPES, TrainingConfig
 
-    assert TrainingConfig().updated(time_to_quality.RECIPES["flow-every-p0.67"][1]) == \
+    assert TrainingConfig().updated(time_to_quality.RECIPES["flow-muon"][1]) == \
         TrainingConfig()
     assert TrainingConfig().updated(time_to_quality.RECIPES["keras-io"][1]) == \
         TrainingConfig().updated(RECIPES["keras-io"])

@@ -106,13 +106,15 @@ def parser():
     opt = p.add_argument_group("optimization")
     add(opt, "--epochs", "optimization", "training epochs", type=positive_int)
     add(opt, "--batch-size", "optimization", "images per step", type=positive_int)
-    add(opt, "--learning-rate", "optimization", "AdamW peak learning rate", type=float)
+    add(opt, "--optimizer", "optimization", "adamw, or muon: orthogonalised updates for the "
+        "U-Net's kernels (Jordan et al. 2024), AdamW for the rest", choices=settings.OPTIMIZERS)
+    add(opt, "--learning-rate", "optimization", "peak learning rate", type=float)
     add(opt, "--learning-rate-schedule", "optimization",
         "after the warm-up: constant, or cosine decay to 0 at the last epoch",
         choices=settings.LEARNING_RATE_SCHEDULES)
     add(opt, "--warmup-steps", "optimization", "optimizer updates of linear learning-rate warm-up",
         type=int)
-    add(opt, "--weight-decay", "optimization", "AdamW weight decay", type=float)
+    add(opt, "--weight-decay", "optimization", "decoupled weight decay", type=float)
     add(opt, "--ema", "model", "EMA momentum of the sampling network", type=float)
     add(opt, "--ema-warmup", "model",
         "EMA warm-up power p: momentum min(--ema, 1 - (1 + updates)^-p); 0: --ema from the start",

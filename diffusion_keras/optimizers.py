@@ -1,0 +1,45 @@
+"""The optimizers a run trains with: AdamW, or Muon (Jordan et al. 2024) on the U-Net's kernels."""
+
+import math
+
+import keras
+from keras import ops
+
+# Kernels with a side shorter than this (the 1x1 convolutions from and to the image's channels)
+# stay with AdamW: orthogonalising a 3-column matrix would scale its few directions all alike.
+MIN_MUON_SIDE = 8
+
+
+@keras.saving.register_keras_serializable(package="diffusion_keras")
+class KernelMuon(keras.optimizers.Muon):
+    """Keras' Muon orthogonalises 2-D kernels only and hands 4-D ones to AdamW, and a U-Net is
+    almost all convolutions. This one orthogonalises each convolution kernel as the (height x width x
+    input channels, output channels) matrix it multiplies patches by, as Muon's reference code does
+    for convolutions; biases, normalisation scales and class embeddings stay with AdamW."""
+
+    def _should_use_adamw(self, variable):
+        shape = tuple(variable.shape)
+        if len(shape) not in (2, 4) or min(math.prod(shape[:-1]), shape[-1]) < MIN_MUON_SIDE:
+            return True
+        return "embedding" in variable.path.lower()  # rows looked up, not multiplied
+
+    def _muon_update_step(self, gradient, variable, lr, m):
+        self.assign_add(m, ops.add(gradient, m * (self.momentum - 1)))
+        direction = ops.add(gradient, self.momentum * m) if self.nesterov else m
+        matrix = ops.reshape(direction, (-1, variable.shape[-1]))
+        update = self.lr_adjust(lr * self.zeropower_via_newtonschulz5(matrix, self.ns_steps))
+        self.assign_sub(variable, ops.reshape(update, variable.shape))
+
+
+def build_optimizer(config, learning_rate=None):
+    """An OptimizationConfig's optimizer, at `learning_rate` (a number or a schedule; default: the
+    config's). Muon's updates are scaled to AdamW's size (Moonlight's rule, Keras' default), so the
+    same learning rate and weight decay suit both."""
+    options = {"learning_rate": config.learning_rate if learning_rate is None else learning_rate,
+               "weight_decay": config.weight_decay,
+               "global_clipnorm": config.clip_norm,
+               "gradient_accumulation_steps": config.accumulate_steps
+               if config.accumulate_steps > 1 else None}
+    if config.optimizer == "muon":
+        return KernelMuon(adam_weight_decay=config.weight_decay, **options)
+    return keras.optimizers.AdamW(**options)
