@@ -14,7 +14,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from diffusion_keras import backend, distributed, samplers, seeding, targets
+# optimizers: registers KernelMuon with Keras wherever DiffusionModel is, for the checkpoints that
+# name it as their optimizer
+from diffusion_keras import backend, distributed, optimizers, samplers, seeding, targets  # noqa: F401
 from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
 from diffusion_keras.errors import UsageError
 from diffusion_keras.guidance import check_guidance, guided_denoiser
