@@ -23,12 +23,17 @@ class KernelMuon(keras.optimizers.Muon):
             return True
         return "embedding" in variable.path.lower()  # rows looked up, not multiplied
 
-    def _muon_update_step(self, gradient, variable, lr, m):
-        self.assign_add(m, ops.add(gradient, m * (self.momentum - 1)))
-        direction = ops.add(gradient, self.momentum * m) if self.nesterov else m
-        matrix = ops.reshape(direction, (-1, variable.shape[-1]))
-        update = self.lr_adjust(lr * self.zeropower_via_newtonschulz5(matrix, self.ns_steps))
-        self.assign_sub(variable, ops.reshape(update, variable.shape))
+    # Keras' Muon step (momentum, Newton-Schulz, update scale) unchanged, on the kernel as a matrix
+    def zeropower_via_newtonschulz5(self, x, steps):
+        return ops.reshape(super().zeropower_via_newtonschulz5(as_matrix(x), steps), x.shape)
+
+    def lr_adjust(self, x):
+        return ops.reshape(super().lr_adjust(as_matrix(x)), x.shape)
+
+
+def as_matrix(kernel):
+    """A kernel as the (fan in, fan out) matrix it multiplies by."""
+    return ops.reshape(kernel, (-1, kernel.shape[-1]))
 
 
 def build_optimizer(config, learning_rate=None):

@@ -50,8 +50,8 @@ def learning_rate_schedule(optimization, total_updates):
 
 def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), steps_per_epoch=1):
     """A compiled DiffusionModel with its optimizer (gradients clipped to global norm `clip_norm`
-    when given), its learning-rate schedule over `optimization.epochs` of `steps_per_epoch` batches, and
-    this backend's best compile settings.
+    when given), its learning-rate schedule over `optimization.epochs` of `steps_per_epoch`
+    batches, and this backend's best compile settings.
 
     `precision` is a Keras dtype policy (default: the fastest measured for this backend and
     machine); `accumulate_steps` > 1 averages gradients over that many batches before each update,
