@@ -38,6 +38,7 @@ EMA_WARMUP = variant(KERAS_IO, {"ema_warmup": 0.75})
 FLOW = variant(EMA_WARMUP, {"formulation": "flow", "prediction": None, "loss_function": None,
                             "time_distribution": None})
 FLOW_EVERY_P067 = variant(FLOW, {"embedding": "every", "ema_warmup": 0.67})
+FLOW_MUON = variant(FLOW_EVERY_P067, optimization={"optimizer": "muon"})
 FLOW_COSINE = variant(FLOW_EVERY_P067, optimization={"learning_rate_schedule": "cosine", "epochs": 6})
 RECIPES = {
     "keras-io": ("the 2022 keras-io recipe (EMA 0.999 from step 0)", KERAS_IO),
@@ -77,13 +78,13 @@ RECIPES = {
     "flow-no-norm": ("flow-every-p0.67 without normalisation layers (about 1.35x the updates per "
                      "minute here)", variant(FLOW_EVERY_P067, {"norm": "none"})),
     "flow-muon": ("flow-every-p0.67 trained with Muon (orthogonalised kernel updates) at 1e-3",
-                  variant(FLOW_EVERY_P067, optimization={"optimizer": "muon"})),
+                  FLOW_MUON),
     "flow-muon-lr5e-4": ("flow-muon at learning rate 5e-4", variant(
-        FLOW_EVERY_P067, optimization={"optimizer": "muon", "learning_rate": 5e-4})),
+        FLOW_MUON, optimization={"learning_rate": 5e-4})),
     "flow-muon-no-norm": ("flow-muon without normalisation layers (about 1.3x the updates per minute "
-                          "here)", variant(FLOW_EVERY_P067, {"norm": "none"}, {"optimizer": "muon"})),
+                          "here)", variant(FLOW_MUON, {"norm": "none"})),
     "flow-muon-wd5e-2": ("flow-muon at weight decay 5e-2 (500x the defaults')", variant(
-        FLOW_EVERY_P067, optimization={"optimizer": "muon", "weight_decay": 5e-2})),
+        FLOW_MUON, optimization={"weight_decay": 5e-2})),
     "flow-d1-wide": ("flow-d1 with widths 48,96,144,192 (2.3M parameters, the defaults' step time)",
                      variant(FLOW_EVERY_P067, {"block_depth": 1, "widths": (48, 96, 144, 192)})),
 }
