@@ -8,14 +8,15 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import runs
-from diffusion_keras.errors import UsageError
+from diffusion_keras import interrupts, runs
+from diffusion_keras.errors import NonFiniteSamples, UsageError
 from diffusion_keras.plotting import (
     display,
     plot_before_after,
     plot_forward_process,
     plot_losses,
     plot_schedules,
+    reverse_process,
     save_image_grid,
     save_reverse_process,
 )
@@ -102,17 +103,15 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         path = runs.checkpoint_path(self.run_dir, epoch + 1)
-        with runs.finish_before_stopping():  # a stop request waits for the epoch to be saved
-            with runs.atomic_write(path) as temporary:
-                self.model.save(temporary)
+        with interrupts.deferred():  # a stop request waits for the epoch to be saved
+            runs.save_model(self.model, path)
             for old in runs.run_checkpoints(self.run_dir)[: -self.keep]:
                 os.remove(old)
             value = self.value(logs)
             if value is not None and value < self.best:
                 self.best = value
-                best = os.path.join(self.run_dir, runs.CHECKPOINT_DIR, "best.keras")
-                with runs.atomic_write(best) as temporary:
-                    self.model.save(temporary)
+                runs.save_model(self.model, os.path.join(self.run_dir, runs.CHECKPOINT_DIR,
+                                                         "best.keras"))
 
 
 class MetricsLog(keras.callbacks.Callback):
@@ -149,53 +148,73 @@ class EpochSeeds(keras.callbacks.Callback):
         self.model.restart_training_noise(epoch)
 
 
-class NonFiniteLoss(UsageError):
+class Diverged(UsageError):
     """Training diverged; the run folder still holds the checkpoints of the epochs before it."""
 
 
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop with a clear error at the first non-finite metric, before anything saves the model.
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop with a clear error when training diverges, before anything saves the model, so every
+    checkpoint it leaves samples finite images (list it before the checkpoint, log and samples).
 
-    Unlike `keras.callbacks.TerminateOnNaN` this raises, so the epoch's end callbacks (checkpoint,
-    log, samples) never run on NaN weights; list it before them.
+    Diverged means a non-finite or exploded (over DIVERGED_LOSS) metric at any step, or, at an
+    epoch's end, a non-finite weight or a non-finite image among a few sampled with the EMA network
+    (`PROBE_IMAGES` images, `PROBE_STEPS` network calls). Unlike `keras.callbacks.TerminateOnNaN`
+    this raises, so the epoch's end callbacks never run on a diverged model.
     """
 
-    def __init__(self, run_dir):
+    DIVERGED_LOSS = 1e10  # far above any loss of these formulations that is still learning
+    PROBE_IMAGES, PROBE_STEPS = 2, 4
+
+    def __init__(self, run_dir, seed=0):
         super().__init__()
         self.run_dir = run_dir
+        self.seed = seed
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
-        self.check(logs, f"epoch {self.epoch}, step {batch + 1}")
+        self.check_metrics(logs, f"epoch {self.epoch}, step {batch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
-        self.check(logs, f"the end of epoch {self.epoch}")
+        where = f"the end of epoch {self.epoch}"
+        self.check_metrics(logs, where)
+        weights = self.model.network.weights + self.model.ema_network.weights
+        if not all(np.all(np.isfinite(keras.ops.convert_to_numpy(weight))) for weight in weights):
+            self.stop("non-finite weights", where)
+        try:
+            self.model.generate(self.PROBE_IMAGES, self.PROBE_STEPS, seed=self.seed, verbose=False)
+        except NonFiniteSamples:
+            self.stop("the EMA network samples non-finite images", where)
 
-    def check(self, logs, where):
-        bad = {key: value for key, value in (logs or {}).items()
-               if not np.all(np.isfinite(np.asarray(value)))}
-        if not bad:
-            return
+    def check_metrics(self, logs, where):
+        values = {key: float(np.mean(np.asarray(value))) for key, value in (logs or {}).items()}
+        bad = {key: value for key, value in values.items()
+               if not math.isfinite(value) or abs(value) > self.DIVERGED_LOSS}
+        if bad:
+            self.stop(", ".join(f"{key}={value:.4g}" for key, value in bad.items()), where)
+
+    def stop(self, what, where):
         checkpoints = runs.run_checkpoints(self.run_dir)
-        kept = (f"the last good checkpoint {checkpoints[-1]!r} is kept" if checkpoints
+        kept = (f"the last checkpoint, {checkpoints[-1]!r}, is kept (every checkpoint of the run "
+                "sampled finite images)" if checkpoints
                 else "no epoch had completed, so no checkpoint was saved")
-        values = ", ".join(f"{key}={float(np.mean(value))}" for key, value in bad.items())
-        raise NonFiniteLoss(f"training diverged ({values}) at {where}; {kept}; start again with "
-                            "a lower --learning-rate or with --clip-norm (e.g. 1.0)")
+        raise Diverged(f"training diverged ({what}) at {where}; {kept}; start again with a lower "
+                       "--learning-rate or with --clip-norm (e.g. 1.0)")
 
 
 class ProcessPlots(keras.callbacks.Callback):
     """The pictures that explain a run, in `plots/`: at the start the schedules, the forward process
     on a few training images and untrained samples; at the end the same noises after training and
     the reverse process (GIF and x0 sequence). A resumed run (`resumed=True`) keeps the pictures
-    of its start and has no untrained samples to compare against."""
+    of its start and has no untrained samples to compare against. With `run_dir=None` (the other
+    processes of a multi-host run) the samples are computed in step with process 0, which draws
+    them, and nothing is written."""
 
     def __init__(self, run_dir, images, num_images=16, diffusion_steps=20, seed=0, resumed=False):
         super().__init__()
-        self.folder = os.path.join(run_dir, PLOTS_DIR)
+        self.folder = None if run_dir is None else os.path.join(run_dir, PLOTS_DIR)
         self.images = images[:4]
         self.num_images = num_images
         self.diffusion_steps = diffusion_steps
@@ -204,18 +223,26 @@ class ProcessPlots(keras.callbacks.Callback):
         self.untrained = None
 
     def on_train_begin(self, logs=None):
-        os.makedirs(self.folder, exist_ok=True)
         if self.resumed:
             return
+        self.untrained = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
+        if self.folder is None:
+            return
+        os.makedirs(self.folder, exist_ok=True)
         plot_schedules(os.path.join(self.folder, "schedules.png"))
         plot_forward_process(self.images, self.model.diffusion_schedule, seed=self.seed,
                              save_to=os.path.join(self.folder, "forward_process.png"))
-        self.untrained = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
         save_image_grid(self.untrained, os.path.join(self.folder, "samples_untrained.png"))
 
     def on_train_end(self, logs=None):
+        trained = None
         if self.untrained is not None:
             trained = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
+        if self.folder is None:
+            reverse_process(self.model, self.num_images, self.diffusion_steps, self.seed)
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        if trained is not None:
             plot_before_after(self.untrained, trained,
                               os.path.join(self.folder, "samples_untrained_vs_trained.png"))
         save_reverse_process(self.model, self.folder, self.num_images, self.diffusion_steps,

@@ -38,15 +38,15 @@ def preprocess(imgs):
 
 
 def folder_source(data_dir, limit=None, seed=0):
-    """The images under `data_dir` (a seeded `limit` of them), keyed by every file's path, size and
-    modification time; class labels from the first-level sub-folders."""
+    """The images under `data_dir` (a seeded `limit` of them), keyed by every file's path and a
+    hash of its content (`image_files.content_digests`): an edited or replaced file is never served
+    stale, whatever its modification time says; class labels from the first-level sub-folders."""
     files = image_files.list_image_files(data_dir)
     files = [files[index] for index in image_files.seeded_subset(len(files), limit, seed)]
     labels, class_names = image_files.folder_classes(files, data_dir)
     listing = hashlib.sha256()
-    for path in files:
-        status = os.stat(path)
-        listing.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    for path, digest in zip(files, image_files.content_digests(files)):
+        listing.update(f"{path}\0{digest}\n".encode())
     names = [os.path.relpath(path, data_dir) for path in files]
     name = os.path.basename(os.path.normpath(os.path.abspath(data_dir))) or "images"
     return image_cache.Source(

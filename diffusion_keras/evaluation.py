@@ -14,8 +14,8 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import backend, cifar10_features, metrics, runs, samplers, seeding
-from diffusion_keras.config import DEFAULT_SAMPLER, default_cache_dir
+from diffusion_keras import backend, cifar10_features, distributed, metrics, runs, samplers, seeding
+from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, default_cache_dir
 from diffusion_keras.data import open_images, preprocess
 from diffusion_keras.errors import UsageError
 
@@ -91,6 +91,8 @@ def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size
         features = extract_features(extractor, images[start:start + batch_size], batch_size)
         statistics.update(features)
         kid_features += [row for index, row in enumerate(features, start) if index in kid_indices]
+    if not distributed.is_writer():
+        return statistics, np.stack(kid_features), path, False
     os.makedirs(cache_dir, exist_ok=True)
     with runs.atomic_write(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, count=statistics.count, sums=statistics.sums,
@@ -100,9 +102,21 @@ def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size
     return statistics, np.stack(kid_features), path, False
 
 
-def result_path(checkpoint, num_images, diffusion_steps, sampler):
-    return (f"{os.path.splitext(checkpoint)[0]}_evaluation_{sampler}_n{num_images}"
-            f"_steps{diffusion_steps}.json")
+def result_path(checkpoint, num_images, feature_space, sampling_name):
+    """Where an evaluation is saved: beside the checkpoint, named by everything that changes it."""
+    return (f"{os.path.splitext(checkpoint)[0]}_evaluation_{feature_space}_{sampling_name}"
+            f"_n{num_images}.json")
+
+
+def feature_space_name(features, inception_weights, inception_size):
+    """cifar10, or inception-imagenet / inception-random / inception-<weights file> (-<size>px
+    when not InceptionV3's own 299)."""
+    if features == "cifar10":
+        return "cifar10"
+    weights = {"imagenet": "imagenet", None: "random"}.get(
+        inception_weights, os.path.splitext(os.path.basename(str(inception_weights)))[0])
+    size = "" if inception_size == metrics.INCEPTION_SIZE else f"-{inception_size}px"
+    return f"inception-{weights}{size}"
 
 
 def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10", split="train",
@@ -170,6 +184,10 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     }
     if features == "inception":
         result.update(inception_weights=key["inception_weights"], inception_size=inception_size)
-    result["path"] = result_path(checkpoint, num_images, diffusion_steps, sampling["sampler"])
-    runs.write_json(result["path"], result)
+    result["path"] = result_path(
+        checkpoint, num_images, feature_space_name(features, inception_weights, inception_size),
+        samplers.sampling_name({"spacing": DEFAULT_SPACINGS[sampling["sampler"]], **sampling},
+                      diffusion_steps, seed))
+    if distributed.is_writer():
+        runs.write_json(result["path"], result)
     return result

@@ -88,17 +88,27 @@ def cache_key(source, image_size, channels):
 
 def open_prepared(source, image_size, channels, cache_dir, workers=None):
     """The prepared images of `source`: the file in `cache_dir` for exactly these settings, prepared
-    now unless a whole one is there (`channels=None`: 1 when every image is grayscale, else 3)."""
+    now unless a whole one is there (`channels=None`: 1 when every image is grayscale, else 3).
+    Given `channels`, a file prepared with `channels=None` that came out with that many serves too
+    (a resumed run asks for its model's channels; its first run left them to the images)."""
+    if os.path.isdir(cache_dir):
+        runs.remove_stale_temporaries(cache_dir)  # of a prepare killed outright
+    for requested in dict.fromkeys([channels, None]):
+        key, stem = prepared_stem(source, image_size, requested, cache_dir)
+        description, problem = read_description(stem + ".u8", stem + ".json", key)
+        if description is not None and channels in (None, description["shape"][-1]):
+            return PreparedImages(stem + ".u8", description)
+        if problem and requested == channels:
+            print(f"note: the prepared images {stem}.u8 are {problem}; preparing them again",
+                  file=sys.stderr)
+    key, stem = prepared_stem(source, image_size, channels, cache_dir)
+    return prepare(source, image_size, channels, stem + ".u8", stem + ".json", key, workers)
+
+
+def prepared_stem(source, image_size, channels, cache_dir):
+    """(key, path without extension) of the prepared file for these settings."""
     key = cache_key(source, image_size, channels)
-    stem = os.path.join(cache_dir, f"{source.name}-{image_size}px-{key[:16]}")
-    path, description_path = stem + ".u8", stem + ".json"
-    description, problem = read_description(path, description_path, key)
-    if description is not None:
-        return PreparedImages(path, description)
-    if problem:
-        print(f"note: the prepared images {path} are {problem}; preparing them again",
-              file=sys.stderr)
-    return prepare(source, image_size, channels, path, description_path, key, workers)
+    return key, os.path.join(cache_dir, f"{source.name}-{image_size}px-{key[:16]}")
 
 
 def read_description(path, description_path, key):
@@ -125,14 +135,23 @@ def check_disk_space(folder, needed):
         existing = os.path.dirname(existing)
     free = shutil.disk_usage(existing).free
     if free < needed + SPARE_BYTES:
-        raise UsageError(f"preparing the images needs {needed / 2**30:.2f} GiB in {folder} but "
-                         f"only {free / 2**30:.2f} GiB is free; free some space or pass "
-                         "--cache-dir on a larger disk")
+        raise UsageError(f"preparing the images needs {readable_size(needed)} in {folder} (and "
+                         f"{readable_size(SPARE_BYTES)} left free) but only {readable_size(free)} "
+                         "is free; free some space or pass --cache-dir on a larger disk")
+
+
+def readable_size(count):
+    """A byte count as people write it: 12 KiB, 3.4 MiB, 2.10 GiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{count} bytes"
 
 
 def prepare(source, image_size, channels, path, description_path, key, workers=None):
     """Decode, crop and resize every image of `source` into `path`, then describe it."""
     folder = os.path.dirname(path)
+    runs.check_creatable(folder, "cache folder", "--cache-dir")
     check_disk_space(folder, source.count * image_size * image_size * (channels or 3))
     os.makedirs(folder, exist_ok=True)
     progress = keras.utils.Progbar(source.count, unit_name="image", interval=1.0)

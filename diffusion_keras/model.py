@@ -16,9 +16,17 @@ from keras import layers, ops
 
 # optimizers: registers KernelMuon with Keras wherever DiffusionModel is, for the checkpoints that
 # name it as their optimizer
-from diffusion_keras import backend, distributed, optimizers, samplers, seeding, targets  # noqa: F401
+from diffusion_keras import (  # noqa: F401
+    backend,
+    distributed,
+    interrupts,
+    optimizers,
+    samplers,
+    seeding,
+    targets,
+)
 from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
-from diffusion_keras.errors import UsageError
+from diffusion_keras.errors import NonFiniteSamples, UsageError
 from diffusion_keras.guidance import check_guidance, guided_denoiser
 from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
 from diffusion_keras.unet import build_unet
@@ -344,6 +352,10 @@ class DiffusionModel(keras.Model):
                 batch_labels = distributed.shard_batch(batch_labels)
             images = sample(distributed.shard_batch(noise), step_seeds, batch_labels, guidance)
             batches.append(distributed.to_numpy(images)[:count])
+            if not np.isfinite(batches[-1]).all():
+                raise NonFiniteSamples("the model sampled non-finite values (NaN or infinity): its "
+                                       "weights have diverged; use an earlier checkpoint")
+            interrupts.check()  # a Ctrl-C stops here, between batches
             if progress is not None:
                 done = start + count
                 progress.update(done, [("images/s", done / (time.perf_counter() - started))])

@@ -31,6 +31,30 @@ class KernelMuon(keras.optimizers.Muon):
         return ops.reshape(super().lr_adjust(as_matrix(x)), x.shape)
 
 
+@keras.saving.register_keras_serializable(package="diffusion_keras")
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` read per optimizer update rather than per batch: with gradient accumulation Keras
+    calls a schedule with its batch counter, so a schedule sized in updates would run N times too
+    fast (a cosine reaching 0 after 1/N of the run). At the update that ends batches kN..kN+N-1 this
+    gives exactly `schedule(k)`."""
+
+    def __init__(self, schedule, accumulate_steps):
+        self.schedule = schedule
+        self.accumulate_steps = accumulate_steps
+
+    def __call__(self, step):
+        return self.schedule(ops.floor_divide(step, self.accumulate_steps))
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "accumulate_steps": self.accumulate_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]),
+                   config["accumulate_steps"])
+
+
 def as_matrix(kernel):
     """A kernel as the (fan in, fan out) matrix it multiplies by."""
     return ops.reshape(kernel, (-1, kernel.shape[-1]))

@@ -199,13 +199,13 @@ def reverse_process(model, num_images=16, diffusion_steps=20, seed=0, **sampling
     sampler, spacing and options): (noisy_frames, pred_frames, times); the frames are each
     (steps, N, H, W, C) in [0, 1]: frame k is the state at grid time `times[k]` and its clean
     estimate; the last estimate is the sample `generate` returns."""
-    from keras import ops
+    from diffusion_keras.distributed import to_numpy  # a multi-host batch spans every process
 
     noisy_frames, pred_frames, times = [], [], []
 
     def record(step, time, noisy_images, pred_images):
-        noisy_frames.append(ops.convert_to_numpy(model.denormalize(noisy_images)))
-        pred_frames.append(ops.convert_to_numpy(model.denormalize(pred_images)))
+        noisy_frames.append(to_numpy(model.denormalize(noisy_images)))
+        pred_frames.append(to_numpy(model.denormalize(pred_images)))
         times.append(time)
 
     model.generate(num_images, diffusion_steps, seed=seed, batch_size=num_images, callback=record,

@@ -4,8 +4,8 @@ import contextlib
 import glob
 import json
 import os
-import signal
-import threading
+import re
+import shutil
 import time
 import zipfile
 from typing import NamedTuple
@@ -37,26 +37,76 @@ def atomic_write(path):
             os.remove(temporary)
 
 
+TEMPORARY_NAME = re.compile(r"^\..+\.tmp(\d+)(\.[^.]*)?$")  # what `atomic_write` names them
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporaries (`atomic_write`'s files, staged folders) left under `folder` by
+    processes that no longer run (killed outright, so no `finally` ran); those of live processes
+    stay."""
+    for root, folders, names in os.walk(folder):
+        for name in [*folders, *names]:
+            match = TEMPORARY_NAME.match(name)
+            if match and not process_alive(int(match.group(1))):
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                if name in folders:
+                    folders.remove(name)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def save_model(model, path):
+    """`model.save(path)`, atomically, by this process alone (also in a multi-host run)."""
+    from diffusion_keras import distributed
+
+    with atomic_write(path) as temporary, distributed.locally():
+        model.save(temporary)
+    return path
+
+
 def write_json(path, data):
     with atomic_write(path) as temporary, open(temporary, "w") as file:
         json.dump(data, file, indent=2)
 
 
 def new_run_dir(root=RUNS_ROOT):
-    """A fresh `root/<timestamp>` path, checked creatable but not created: a run that fails to
-    start leaves no folder behind (`prepare_run_dir` makes it once training starts)."""
-    run_dir = os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
-    suffix = 1
-    while os.path.exists(run_dir):
-        suffix += 1
-        run_dir = os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
-    return check_creatable(run_dir, "run folder", "--run-dir")
+    """A fresh `root/<timestamp>` folder, claimed (made) at once, so two runs started in the same
+    second get two folders; `release_run_dir` removes it again if the run cannot start."""
+    check_creatable(root, "runs folder", "--run-dir")
+    os.makedirs(root, exist_ok=True)
+    stamp, suffix = time.strftime("%Y%m%d-%H%M%S"), 1
+    while True:
+        run_dir = os.path.join(root, stamp if suffix == 1 else f"{stamp}-{suffix}")
+        try:
+            os.mkdir(run_dir)
+            return run_dir
+        except FileExistsError:
+            suffix += 1
+
+
+def release_run_dir(run_dir):
+    """Remove a claimed run folder that is still empty (its run never started)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(run_dir)
 
 
 def check_creatable(folder, what, flag):
     """`folder` if it is a writable folder, or could be created as one; else a one-line error."""
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise UsageError(f"cannot write to {what} {folder!r}: it is a link to nothing; choose "
+                         f"another {flag}")
     existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
+    while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         reason = "is not a folder" if not os.path.isdir(existing) else "is not writable"
@@ -65,8 +115,37 @@ def check_creatable(folder, what, flag):
     return folder
 
 
+def holds_run(run_dir):
+    return os.path.lexists(os.path.join(run_dir, "config.json"))
+
+
+def check_new_run_dir(run_dir):
+    """`run_dir` if a new run may be written there: creatable, and holding no run yet."""
+    check_creatable(run_dir, "run folder", "--run-dir")
+    if holds_run(run_dir):
+        raise UsageError(f"run folder {run_dir!r} already holds a run; continue it with --resume "
+                         f"{run_dir}, or choose another --run-dir (or delete it)")
+    return run_dir
+
+
+def claim_run_dir(run_dir):
+    """Make `run_dir` a new run's folder: its config.json is created exclusively, so two runs never
+    share a folder and a folder that holds a run is refused."""
+    check_new_run_dir(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        os.close(os.open(os.path.join(run_dir, "config.json"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        check_new_run_dir(run_dir)  # another run claimed it first: says so
+        raise
+    except OSError as error:
+        raise UsageError(f"cannot write to run folder {run_dir!r} ({error.strerror}); "
+                         "choose another --run-dir") from error
+    return run_dir
+
+
 def prepare_run_dir(run_dir):
-    """Create `run_dir` and its sub-folders; a clear error if it cannot be written."""
+    """Create `run_dir`'s sub-folders; a clear error if it cannot be written."""
     try:
         for sub in (CHECKPOINT_DIR, SAMPLES_DIR):
             os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
@@ -128,6 +207,10 @@ def load_checkpoint(path, compile=False):
     try:
         model = keras.saving.load_model(path, compile=compile)
     except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+        if "safe_mode" in str(error):
+            raise UsageError(f"checkpoint {path!r} holds code (a Lambda layer or the like) that "
+                             "Keras' safe mode will not run; a diffusion_keras checkpoint holds "
+                             "none: use one saved by train.py") from error
         raise UsageError(f"checkpoint {path!r} could not be loaded as a diffusion_keras model "
                          f"({type(error).__name__}); it may be truncated or from another program"
                          ) from error
@@ -140,26 +223,6 @@ def load_checkpoint(path, compile=False):
 def checkpoint_epoch(path):
     """The epoch number in an `epoch_NNNN.keras` name."""
     return int(os.path.basename(path)[len("epoch_"):-len(".keras")])
-
-
-@contextlib.contextmanager
-def finish_before_stopping():
-    """Let a Ctrl-C or SIGTERM that arrives inside the block wait for its end, then stop with
-    KeyboardInterrupt: a checkpoint being written (atomic, seconds) is finished, not thrown away.
-    Signals are only caught in the main thread; elsewhere the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    handlers = {number: signal.signal(number, lambda signum, frame: received.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 def read_json(path, what):

@@ -260,3 +260,12 @@ def network_evaluations(name, steps):
     """Denoiser calls a sampler makes for `steps` grid times (Heun: two per step between them, one
     for the final estimate), for fair comparisons."""
     return 2 * steps - 1 if name == "heun" else steps
+
+
+def sampling_name(sampling, steps, seed):
+    """The part of an output's file name that every sampling setting changes (`sampling`:
+    `generate`'s sampler, spacing and options), e.g. `dpmpp2m_log_snr_steps20_seed0` or
+    `ddim-eta0.5_uniform_steps50_seed3`."""
+    option = {"ddim": f"-eta{sampling.get('eta', 0.0):g}",
+              "ddpm": f"-{sampling.get('variance', 'posterior')}"}.get(sampling["sampler"], "")
+    return f"{sampling['sampler']}{option}_{sampling['spacing']}_steps{steps}_seed{seed}"

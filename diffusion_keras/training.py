@@ -1,27 +1,25 @@
 """One training run: split the images, build and compile the model, fit with the run callbacks."""
 
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 
-from diffusion_keras import backend, distributed, runs
+from diffusion_keras import backend, distributed, interrupts, runs
 from diffusion_keras.callbacks import (
     Checkpointer,
     EpochSeeds,
     ImageGenerator,
     MetricsLog,
     ProcessPlots,
-    StopOnNonFiniteLoss,
+    StopOnDivergence,
     TensorBoardSamples,
 )
 from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConfig
 from diffusion_keras.data import ImageBatches, normalizer_sample, preprocess
 from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
-from diffusion_keras.optimizers import build_optimizer
+from diffusion_keras.optimizers import PerUpdate, build_optimizer
 
 
 def split_indices(count, validation_split, batch_size, seed):
@@ -35,17 +33,20 @@ def split_indices(count, validation_split, batch_size, seed):
 
 
 def learning_rate_schedule(optimization, total_updates):
-    """The learning rate as Keras' own schedule: `warmup_steps` linear warm-up from 0, then constant
-    (a cosine whose floor `alpha` is 1) or a cosine decay to 0 over the rest of `total_updates`."""
+    """The learning rate as Keras' own schedule, in optimizer updates: `warmup_steps` linear warm-up
+    from 0, then constant (a cosine whose floor `alpha` is 1) or a cosine decay to 0 over the rest of
+    `total_updates` (read per update with gradient accumulation, `PerUpdate`)."""
     config = optimization
     if config.learning_rate_schedule == "constant" and not config.warmup_steps:
         return config.learning_rate
     decay_steps = max(total_updates - config.warmup_steps, 1)
-    return keras.optimizers.schedules.CosineDecay(
+    schedule = keras.optimizers.schedules.CosineDecay(
         0.0 if config.warmup_steps else config.learning_rate, decay_steps,
         alpha=1.0 if config.learning_rate_schedule == "constant" else 0.0,
         warmup_target=config.learning_rate if config.warmup_steps else None,
         warmup_steps=config.warmup_steps)
+    return schedule if config.accumulate_steps == 1 else PerUpdate(schedule,
+                                                                   config.accumulate_steps)
 
 
 def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), steps_per_epoch=1):
@@ -105,7 +106,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     order and noise are drawn from (seed, epoch), so the result matches an uninterrupted run.
     The architecture and optimizer settings then come from the checkpoint. A Ctrl-C
     (KeyboardInterrupt) or an error propagates: every completed epoch is already checkpointed,
-    and a non-finite loss raises `callbacks.NonFiniteLoss` before a NaN model is saved.
+    and a diverged run raises `callbacks.Diverged` before a diverged model is saved.
     """
     run, optimization = config.run, config.optimization
     seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
@@ -135,35 +136,35 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
         validation = backend.as_fit_input(ImageBatches(
             images, batch_size, flip=False, shuffle=False, indices=validation_indices, shard=shard,
             labels=labels))
-    if distributed.process_index() == 0:
-        runs.prepare_run_dir(run_dir)  # only now: a run that cannot start leaves no folder behind
+    writer = distributed.is_writer()  # the other processes compute in step and write nothing
+    if writer:  # only now: a run that cannot start leaves no folder behind
+        if resume_from is None:
+            runs.claim_run_dir(run_dir)
+        runs.prepare_run_dir(run_dir)
+        runs.remove_stale_temporaries(run_dir)  # of a run killed outright before
         saved = TrainingConfig(model.config, optimization, run)
         runs.write_json(os.path.join(run_dir, "config.json"),
                         {**saved.to_dict(), "num_images": len(images)})
-    else:  # the other processes sample and save in step with process 0, into a folder dropped after
-        run_dir = tempfile.mkdtemp(prefix="diffusion_keras_process_")
-    try:
-        model.fit(
-            backend.as_fit_input(batches, initial_epoch, epochs),
-            steps_per_epoch=len(batches),
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
-            validation_data=validation,
-            callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
-                EpochSeeds(),
-                StopOnNonFiniteLoss(run_dir),
-                ImageGenerator(run_dir, every=run.plot_every, seed=seed),
-                MetricsLog(run_dir, history),
-                Checkpointer(run_dir, keep=run.keep_checkpoints, history=history),
-                ProcessPlots(run_dir, preprocess(images[train_indices[:4]]), seed=seed,
-                             resumed=resume_from is not None),
-                *(tensorboard_callbacks(run_dir) if run.tensorboard else ()),
-                *callbacks,
-            ],
-            verbose=verbose,
-        )
-    finally:
-        if distributed.process_index() != 0:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    written_by = run_dir if writer else None
+    model.fit(
+        backend.as_fit_input(batches, initial_epoch, epochs),
+        steps_per_epoch=len(batches),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,  # ImageBatches shuffles by (seed, epoch); Keras would use the global RNG
+        validation_data=validation,
+        callbacks=[  # the log before the checkpoint: a resume drops log rows newer than it
+            interrupts.StopOnRequest(),
+            EpochSeeds(),
+            StopOnDivergence(run_dir, seed=seed),
+            ImageGenerator(written_by, every=run.plot_every, seed=seed),
+            *([MetricsLog(run_dir, history),
+               Checkpointer(run_dir, keep=run.keep_checkpoints, history=history)] if writer else []),
+            ProcessPlots(written_by, preprocess(images[train_indices[:4]]), seed=seed,
+                         resumed=resume_from is not None),
+            *(tensorboard_callbacks(run_dir) if run.tensorboard and writer else ()),
+            *callbacks,
+        ],
+        verbose=verbose,
+    )
     return model

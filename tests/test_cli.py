@@ -48,10 +48,14 @@ def test_generate_writes_grid_interpolation_and_metadata(trained_run, tmp_path):
                           "--output", str(tmp_path)])
     assert code == 0
     names = sorted(os.listdir(tmp_path))
-    assert "samples_dpmpp2m_seed0_steps3.png" in names
-    assert "interpolation_dpmpp2m_seed0_steps3.png" in names
-    assert len([name for name in names if name.startswith("sample_dpmpp2m_seed0")]) == 4
-    metadata = json.loads((tmp_path / "samples_dpmpp2m_seed0_steps3.json").read_text())
+    name = "epoch_0002_dpmpp2m_log_snr_steps3_seed0"
+    assert f"samples_{name}_n4.png" in names
+    assert f"interpolation_{name}_frames3.png" in names
+    assert sorted(os.listdir(tmp_path / f"samples_{name}_n4")) == [
+        "0000.png", "0001.png", "0002.png", "0003.png"]
+    metadata = json.loads((tmp_path / f"samples_{name}_n4.json").read_text())
+    assert sorted(map(os.path.basename, metadata["files"])) == sorted(
+        name for name in names if not name.endswith(".json"))
     assert metadata["steps"] == 3 and metadata["sampler"] == "dpmpp2m"
     assert metadata["spacing"] == DEFAULT_SPACINGS["dpmpp2m"]
     assert metadata["batch_size"] == backend.default_sample_batch_size()
@@ -63,7 +67,8 @@ def test_generate_defaults_to_the_newest_checkpoint_under_runs(trained_run, tmp_
     os.symlink(trained_run, runs_root / "a")
     monkeypatch.chdir(tmp_path)
     assert generate.main(["--steps", "2", "--num-images", "2"]) == 0
-    assert os.path.exists(trained_run / "generated" / "samples_dpmpp2m_seed0_steps2.png")
+    grid = "samples_epoch_0002_dpmpp2m_log_snr_steps2_seed0_n2.png"
+    assert os.path.exists(trained_run / "generated" / grid)
 
 
 def test_ctrl_c_while_generating_is_one_line_and_leaves_no_file(trained_run, tmp_path,
@@ -188,19 +193,20 @@ def test_checkpoint_may_be_a_run_folder(trained_run, tmp_path):
         runs.find_checkpoint(str(tmp_path / "bare" / "checkpoints" / ".." / ".."))
     assert generate.main(["--checkpoint", str(trained_run), "--steps", "2", "--num-images", "2",
                           "--output", str(tmp_path / "out"), "--quiet"]) == 0
-    metadata = json.loads((tmp_path / "out" / "samples_dpmpp2m_seed0_steps2.json").read_text())
+    metadata = json.loads(
+        (tmp_path / "out" / "samples_best_dpmpp2m_log_snr_steps2_seed0_n2.json").read_text())
     assert metadata["checkpoint"].endswith("best.keras")
 
 
 def test_interpolation_strip_holds_every_frame_and_pictures_are_enlarged(trained_run, tmp_path):
     assert generate.main(["--checkpoint", str(trained_run), "--steps", "2", "--num-images", "4",
                           "--interpolate", "--frames", "8", "--output", str(tmp_path)]) == 0
-    strip = Image.open(tmp_path / "interpolation_dpmpp2m_seed0_steps2.png")
+    strip = Image.open(tmp_path / "interpolation_best_dpmpp2m_log_snr_steps2_seed0_frames8.png")
     width, height = strip.size
     assert width * 18 == height * (8 * 17 + 1), "one row of 8 frames of 16 pixels + 1 of padding"
     assert min(strip.size) >= 256 and min(Image.open(
-        tmp_path / "samples_dpmpp2m_seed0_steps2.png").size) >= 256
-    gif = Image.open(tmp_path / "interpolation_dpmpp2m_seed0_steps2.gif")
+        tmp_path / "samples_best_dpmpp2m_log_snr_steps2_seed0_n4.png").size) >= 256
+    gif = Image.open(tmp_path / "interpolation_best_dpmpp2m_log_snr_steps2_seed0_frames8.gif")
     assert min(gif.size) >= 256
 
 
@@ -320,7 +326,8 @@ def test_train_leaves_the_plots_and_generate_the_interpolation_gif(trained_run, 
     assert generate.main(["--checkpoint", str(trained_run / "checkpoints" / "epoch_0002.keras"),
                           "--steps", "2", "--num-images", "2", "--interpolate", "--frames", "4",
                           "--output", str(tmp_path)]) == 0
-    assert Image.open(tmp_path / "interpolation_dpmpp2m_seed0_steps2.gif").n_frames == 6  # and back
+    gif = tmp_path / "interpolation_epoch_0002_dpmpp2m_log_snr_steps2_seed0_frames4.gif"
+    assert Image.open(gif).n_frames == 6  # and back
 
 
 def test_generate_records_the_sampler_and_its_settings(trained_run, tmp_path):
@@ -329,11 +336,13 @@ def test_generate_records_the_sampler_and_its_settings(trained_run, tmp_path):
                  ["--sampler", "ddim", "--eta", "0.5", "--spacing", "karras"]):
         assert generate.main(["--checkpoint", checkpoint, "--steps", "3", "--num-images", "2",
                               "--output", str(tmp_path), *argv]) == 0
-    ddpm = json.loads((tmp_path / "samples_ddpm_seed0_steps3.json").read_text())
+    ddpm = json.loads((tmp_path / "samples_epoch_0002_ddpm-beta_uniform_steps3_seed0_n2.json")
+                      .read_text())
     assert ddpm["sampler"] == "ddpm" and ddpm["variance"] == "beta"
-    heun = json.loads((tmp_path / "samples_heun_seed0_steps3.json").read_text())
+    heun = json.loads((tmp_path / "samples_epoch_0002_heun_karras_steps3_seed0_n2.json").read_text())
     assert heun["network_evaluations"] == 5
-    ddim = json.loads((tmp_path / "samples_ddim_seed0_steps3.json").read_text())
+    ddim = json.loads((tmp_path / "samples_epoch_0002_ddim-eta0.5_karras_steps3_seed0_n2.json")
+                      .read_text())
     assert ddim["eta"] == 0.5 and ddim["spacing"] == "karras"
 
 
@@ -356,3 +365,48 @@ def test_train_with_the_ddpm_formulation_and_its_architecture(tiny_folder, tmp_p
     assert config["formulation"] == "ddpm" and config["timesteps"] == 100
     assert config["schedule"] == "linear" and config["prediction"] == "v"
     assert config["attention_resolutions"] == [8] and config["norm"] == "group"
+
+
+def test_a_folder_generated_into_again_holds_one_generation(trained_run, tmp_path, monkeypatch):
+    """The same settings again (a newer best.keras, say) replace the earlier call's files whole:
+    no stale numbered image stays, and the JSON lists exactly what this call wrote. An interrupted
+    call leaves no JSON claiming its files and nothing staged."""
+    from diffusion_keras import plotting
+
+    argv = ["--checkpoint", str(trained_run), "--steps", "2", "--num-images", "3", "--individual",
+            "--output", str(tmp_path), "--quiet"]
+    name = "samples_best_dpmpp2m_log_snr_steps2_seed0_n3"
+    assert generate.main(argv) == 0
+    (tmp_path / name / "0007.png").write_text("stale, from an earlier run")
+    assert generate.main(argv) == 0
+    assert sorted(os.listdir(tmp_path / name)) == ["0000.png", "0001.png", "0002.png"]
+    metadata = json.loads((tmp_path / f"{name}.json").read_text())
+    assert metadata["individual_images"] == 3 and str(tmp_path / name) in metadata["files"]
+
+    save_png = plotting.save_png
+    calls = []
+
+    def interrupted_after_two(picture, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return save_png(picture, path)
+
+    monkeypatch.setattr(plotting, "save_png", interrupted_after_two)
+    assert generate.main(argv) == 130
+    assert not (tmp_path / f"{name}.json").exists(), "no JSON claims a half-written generation"
+    assert not [entry for entry in os.listdir(tmp_path) if ".tmp" in entry]
+
+
+def test_every_setting_that_changes_the_images_is_in_the_names(trained_run, tmp_path):
+    checkpoint = str(trained_run / "checkpoints" / "epoch_0002.keras")
+    for argv in (["--eta", "0"], ["--eta", "1"], ["--spacing", "karras"]):
+        assert generate.main(["--checkpoint", checkpoint, "--sampler", "ddim", "--steps", "2",
+                              "--num-images", "2", "--output", str(tmp_path), "--quiet",
+                              *argv]) == 0
+    assert sorted(name for name in os.listdir(tmp_path) if name.endswith(".png")) == [
+        "samples_epoch_0002_ddim-eta0_karras_steps2_seed0_n2.png",
+        "samples_epoch_0002_ddim-eta0_uniform_steps2_seed0_n2.png",
+        "samples_epoch_0002_ddim-eta1_uniform_steps2_seed0_n2.png"]
+    for path in tmp_path.glob("*.json"):
+        assert json.loads(path.read_text())["files"] == [str(path)[:-len(".json")] + ".png"]

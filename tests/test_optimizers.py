@@ -56,3 +56,40 @@ def test_a_checkpoint_trained_with_muon_loads_with_its_state(muon_model, tmp_pat
     assert int(loaded.optimizer.iterations) == int(muon_model.optimizer.iterations) > 0
     for loaded_variable, variable in zip(loaded.optimizer.variables, muon_model.optimizer.variables):
         np.testing.assert_allclose(np.asarray(loaded_variable), np.asarray(variable))
+
+
+class AppliedRates(keras.callbacks.Callback):
+    """The learning rate the optimizer applies at each update (read before the update's batch)."""
+
+    def __init__(self, accumulate):
+        super().__init__()
+        self.accumulate, self.rates = accumulate, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (int(self.model.optimizer._iterations) + 1) % self.accumulate == 0:
+            self.rates.append(float(self.model.optimizer.learning_rate))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_learning_rate_follows_the_intended_curve_per_update(tiny_images, accumulate):
+    """Warm-up then cosine decay, in optimizer updates, whatever the gradient accumulation: Keras
+    reads a schedule at its batch counter, which would run N times too fast."""
+    from diffusion_keras.training import learning_rate_schedule
+
+    optimization = OptimizationConfig(epochs=2, batch_size=8, learning_rate=1e-2, warmup_steps=2,
+                                      learning_rate_schedule="cosine",
+                                      accumulate_steps=accumulate)
+    batches = ImageBatches(tiny_images, 8, seed=0)  # 6 batches an epoch
+    updates = 2 * len(batches) // accumulate
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(**TINY), optimization, len(batches))
+    model.normalizer.adapt(tiny_images)
+    applied = AppliedRates(accumulate)
+    model.fit(batches, epochs=2, verbose=0, callbacks=[applied])
+    intended = keras.optimizers.schedules.CosineDecay(0.0, updates - 2, warmup_target=1e-2,
+                                                      warmup_steps=2)
+    np.testing.assert_allclose(applied.rates, [float(intended(k)) for k in range(updates)],
+                               rtol=1e-5, atol=1e-9)
+    assert applied.rates[-1] > 0, "the last update still moves the weights"
+    assert isinstance(learning_rate_schedule(optimization, updates),
+                      keras.optimizers.schedules.LearningRateSchedule)

@@ -11,13 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_keras import runs, training
+from diffusion_keras import interrupts, runs, training
 from diffusion_keras.cli import train
 from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
 from tests.conftest import TINY
@@ -139,12 +140,12 @@ from diffusion_keras.cli.train import main
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-check = callbacks.StopOnNonFiniteLoss.on_train_batch_end
+check = callbacks.StopOnDivergence.on_train_batch_end
 def interrupting(self, batch, logs=None):
     check(self, batch, logs)
     if (self.epoch, batch) == (2, 0):
         os.kill(os.getpid(), signal.SIGINT)
-callbacks.StopOnNonFiniteLoss.on_train_batch_end = interrupting
+callbacks.StopOnDivergence.on_train_batch_end = interrupting
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -257,13 +258,19 @@ def test_resume_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 def test_signal_during_training_is_reported_as_interrupted(tmp_path, tiny_folder, monkeypatch,
                                                            capsys):
-    """SIGTERM (a scheduler's kill) is handled like Ctrl-C."""
+    """SIGTERM (a scheduler's kill) is handled like Ctrl-C: a request to stop at the next batch."""
     def killed(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not interrupts.requested() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        interrupts.check()  # where training's next batch would begin
 
     monkeypatch.setattr(training, "train", killed)
     run_dir = tmp_path / "run"
     code = train.main(["--data-dir", str(tiny_folder), "--run-dir", str(run_dir), *CLI_SETTINGS])
     assert code == 130
-    assert "interrupted: no epoch had completed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stopping training at the next batch" in err
+    assert "interrupted: no epoch had completed" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from diffusion_keras import runs, training
-from diffusion_keras.callbacks import NonFiniteLoss
+from diffusion_keras.callbacks import Diverged
 from diffusion_keras.cli import train
 from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
 from diffusion_keras.data import load_image_folder
@@ -105,7 +106,7 @@ class PoisonWeights(keras.callbacks.Callback):
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tiny_images, tmp_path):
     run_dir = runs.prepare_run_dir(str(tmp_path / "run"))
-    with pytest.raises(NonFiniteLoss) as error:
+    with pytest.raises(Diverged) as error:
         settings = TrainingConfig(ModelConfig(widths=TINY["widths"], block_depth=1),
                                   OptimizationConfig(epochs=3, batch_size=16),
                                   RunConfig(validation_split=0.0))
@@ -113,7 +114,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tiny_images, t
     message = str(error.value)
     assert "training diverged (" in message and "nan" in message
     assert "at epoch 2, step 1" in message
-    assert "epoch_0001.keras' is kept" in message and "--clip-norm" in message
+    assert "epoch_0001.keras', is kept" in message and "--clip-norm" in message
     assert sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR))) == [
         "best.keras", "epoch_0001.keras"]
     with open(os.path.join(run_dir, "log.json")) as file:
@@ -121,6 +122,65 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tiny_images, t
     assert os.listdir(os.path.join(run_dir, runs.SAMPLES_DIR)) == ["epoch_0001.png"]
     kept = runs.load_checkpoint(runs.checkpoint_path(run_dir, 1))
     assert all(np.isfinite(np.asarray(weight)).all() for weight in kept.weights)
+
+
+class ExplodeEMA(keras.callbacks.Callback):
+    """At the end of epoch 2 the EMA network's kernels are huge but finite: the loss (of the online
+    network) stays finite, the weights stay finite, and only its samples show it."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == self.params["steps"] - 1:
+            for weight in self.model.ema_network.weights:
+                if len(weight.shape) == 4:
+                    weight.assign(np.asarray(weight) * 1e18)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+@pytest.mark.parametrize("explosion, what", [
+    ("weights", "loss="), ("ema", "the EMA network samples non-finite images")])
+def test_a_finite_but_diverged_run_stops_before_saving_it(explosion, what, tiny_images, tmp_path):
+    """A loss of 1e20 or an EMA network whose samples overflow is as diverged as a NaN: the
+    epoch is not saved, and the kept checkpoint samples finite images."""
+    class ExplodeWeights(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                for weight in self.model.network.trainable_weights:
+                    if len(weight.shape) == 4:
+                        weight.assign(np.asarray(weight) * 1e12)
+
+    run_dir = str(tmp_path / "run")
+    settings = TrainingConfig(ModelConfig(widths=TINY["widths"], block_depth=1),
+                              OptimizationConfig(epochs=3, batch_size=16),
+                              RunConfig(validation_split=0.0))
+    with pytest.raises(Diverged) as error:
+        training.train(tiny_images, run_dir, settings, verbose=0,
+                       callbacks=[ExplodeWeights() if explosion == "weights" else ExplodeEMA()])
+    assert what in str(error.value) and "epoch_0001.keras', is kept" in str(error.value)
+    assert sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR))) == [
+        "best.keras", "epoch_0001.keras"]
+    assert os.listdir(os.path.join(run_dir, runs.SAMPLES_DIR)) == ["epoch_0001.png"]
+    kept = runs.load_checkpoint(runs.checkpoint_path(run_dir, 1))
+    assert np.isfinite(kept.generate(2, 3, seed=0, verbose=False)).all()
+
+
+def test_generating_from_a_diverged_checkpoint_is_one_line(tiny_images, tmp_path, capsys):
+    from diffusion_keras import DiffusionModel
+    from diffusion_keras.cli import generate
+
+    model = DiffusionModel(image_size=16, channels=3, seed=0, **{
+        key: value for key, value in TINY.items() if key != "image_size"})
+    model.normalizer.adapt(tiny_images)
+    kernel = model.ema_network.weights[0]
+    kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+    model.save(tmp_path / "diverged.keras")
+    assert generate.main(["--checkpoint", str(tmp_path / "diverged.keras"), "--steps", "2",
+                          "--num-images", "2", "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.splitlines() == ["error: the model sampled non-finite values (NaN or infinity): "
+                                  "its weights have diverged; use an earlier checkpoint"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_unwritable_run_folder_fails_before_the_data_is_read(tmp_path, capsys):
@@ -152,7 +212,8 @@ def test_disk_full_while_saving_keeps_the_saved_epochs_and_says_how_to_resume(
     assert code == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
-    assert f"epochs up to 1 are saved in {run_dir}; resume with: python train.py --resume" in err
+    assert f"epochs up to 1 are saved in {run_dir}; resume with: " in err
+    assert re.search(r"resume with: \S*python\S* train.py --resume", err), "the venv's python"
     assert sorted(os.listdir(run_dir / runs.CHECKPOINT_DIR)) == ["best.keras", "epoch_0001.keras"]
     assert [row["epoch"] for row in runs.resume_point(str(run_dir)).history] == [1]
 
@@ -167,3 +228,11 @@ def test_a_crash_while_writing_leaves_the_previous_file_whole(tmp_path):
             raise RuntimeError("killed mid-write")
     assert json.loads(path.read_text()) == [{"epoch": 1}]
     assert os.listdir(tmp_path) == ["log.json"]  # no temporary left behind
+
+
+def test_a_checkpoint_holding_code_is_refused_by_name(tmp_path):
+    inputs = keras.Input((2,))
+    crafted = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    crafted.save(tmp_path / "crafted.keras")
+    with pytest.raises(runs.UsageError, match="holds code .* Keras' safe mode will not run"):
+        runs.load_checkpoint(str(tmp_path / "crafted.keras"))

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 
 from diffusion_keras.errors import UsageError
 
@@ -37,7 +38,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text, default = action.help or "", action.default
-        if default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if default is None or default is False or default is argparse.SUPPRESS \
+                or "default" in text:
             return text
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         return f"{text} (default: {shown})"
@@ -109,20 +111,35 @@ def non_negative_float_list(text):
     return values
 
 
-def run(main_body, args):
-    """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2, a Ctrl-C
-    (outside training, which handles its own) one line and exit code 130, not a traceback."""
+def run(main_body, args, what="the command"):
+    """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2, a Ctrl-C or
+    SIGTERM a request to stop at the next batch (`interrupts`), one line and exit code 130 (training
+    says what it saved itself), not a traceback. In a multi-host run a process that fails ends
+    the others (`distributed.end_process`)."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    with native_stderr_silenced():
+        import keras  # noqa: F401 (loads the backend quietly, once)
+    from diffusion_keras import distributed, interrupts
+
     try:
-        with native_stderr_silenced():
-            import keras  # noqa: F401 (loads the backend quietly, once)
-        return main_body(args)
+        with interrupts.stop_requests(what):
+            code = main_body(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("interrupted; files are written whole or not at all", file=sys.stderr)
-        return 130
+        code = interrupts.EXIT_CODE
+    except BaseException as error:
+        if distributed.process_count() == 1:
+            raise
+        message = distributed.stopped_elsewhere() or distributed.lost_peer_message(error)
+        if message:  # a collective fails when another process has left
+            distributed.leave(1, message)
+        traceback.print_exc()
+        code = 1
+    distributed.end_process(code)
+    return code
 
 
 def add_checkpoint_argument(parser):
@@ -144,9 +161,15 @@ def add_sampling_arguments(parser, steps=20):
                        help="time grid (default: the sampler's most accurate, see README)")
     group.add_argument("--eta", type=float, default=0.0,
                        help="DDIM noise: 0 deterministic, 1 like ancestral sampling")
-    group.add_argument("--variance", default="posterior", choices=VARIANCES,
-                       help="DDPM sigma^2: the posterior variance or beta_t")
+    group.add_argument("--variance", choices=VARIANCES,
+                       help="DDPM sigma^2: the posterior variance or beta_t (default: posterior)")
     return group
+
+
+def add_distribute_argument(parser):
+    parser.add_argument("--distribute", action="store_true",
+                        help="sample data-parallel on every local device (and host: see README), "
+                             "with the JAX backend")
 
 
 def sampling_settings(args):
@@ -157,6 +180,11 @@ def sampling_settings(args):
     if args.eta and args.sampler != "ddim":
         raise UsageError(f"--eta is a DDIM setting; drop it or use --sampler ddim (got --sampler "
                          f"{args.sampler})")
-    options = {"ddim": {"eta": args.eta}, "ddpm": {"variance": args.variance}}.get(args.sampler, {})
+    if args.variance is not None and args.sampler != "ddpm":
+        raise UsageError(f"--variance is a DDPM setting; drop it or use --sampler ddpm (got "
+                         f"--sampler {args.sampler})")
+    options = {"ddim": {"eta": args.eta},
+               "ddpm": {"variance": args.variance or "posterior"}}.get(args.sampler, {})
     return {"sampler": args.sampler, "spacing": args.spacing or DEFAULT_SPACINGS[args.sampler],
             **options}
+

@@ -5,6 +5,7 @@ import sys
 from diffusion_keras.cli import (
     Parser,
     add_checkpoint_argument,
+    add_distribute_argument,
     add_sampling_arguments,
     non_negative_int,
     positive_int,
@@ -40,15 +41,18 @@ def parser():
     p.add_argument("--cache-dir", help="where reference statistics are cached "
                                        "(default: ~/.cache/diffusion_keras/reference)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distribute_argument(p)
     add_sampling_arguments(p)
     return p
 
 
 def evaluate_from_args(args):
-    from diffusion_keras import runs
+    from diffusion_keras import distributed, runs
     from diffusion_keras.evaluation import evaluate
 
     sampling = sampling_settings(args)
+    if args.distribute:
+        distributed.start()  # before the model's variables are made
     weights = None if args.inception_weights == "random" else args.inception_weights
     result = evaluate(
         runs.find_checkpoint(args.checkpoint), args.num_images, args.steps, args.dataset,
@@ -68,12 +72,13 @@ def evaluate_from_args(args):
           f"EMA network, "
           f"against {result['num_real_images']} real images of {real}; {space})")
     print(f"reference statistics {reference} {result['reference_cache']}")
-    print(f"wrote {result['path']}")
+    if distributed.is_writer():
+        print(f"wrote {result['path']}")
     return 0
 
 
 def main(argv=None):
-    return run(evaluate_from_args, parser().parse_args(argv))
+    return run(evaluate_from_args, parser().parse_args(argv), what="evaluating")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ the settings' defaults live in `config.py` only; `--config FILE` starts from a s
 
 import argparse
 import os
-import signal
 import sys
 
 from diffusion_keras import config as settings
@@ -179,39 +178,42 @@ def resumed_config(args):
         changeable = ", ".join(flag_name(*name.split(".")) for name in RESUME_CHANGEABLE)
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
                          f"(only {changeable} may change)")
-    return run_dir, saved.updated(changes)
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
+    config = saved.updated(changes)
+    if saved.optimization.learning_rate_schedule == "cosine" and \
+            config.optimization.epochs != saved.optimization.epochs:
+        raise UsageError(f"run {run_dir!r} decays its learning rate to 0 at epoch "
+                         f"{saved.optimization.epochs} (--learning-rate-schedule cosine), so "
+                         f"--epochs {config.optimization.epochs} cannot change where it ends; "
+                         f"resume with --epochs {saved.optimization.epochs}, or start a new run")
+    return run_dir, config
 
 
 def config_from_args(args):
     """A new run's settings: the defaults, then the --preset, the --recipe, the --config file and
-    the given flags."""
+    the given flags. A config file is a template: its run folder is not reused (a new run gets
+    --run-dir or a new runs/<timestamp>)."""
     base = settings.TrainingConfig().updated(settings.PRESETS.get(getattr(args, "preset", ""), {}))
     base = base.updated(settings.RECIPES.get(getattr(args, "recipe", ""), {}))
     if hasattr(args, "config"):
-        base = settings.read_config(args.config, base)
+        base = settings.read_config(args.config, base).updated({"run": {"run_dir": None}})
     return base.updated(given_settings(args))
 
 
 def open_run(args):
-    """The settings, run folder and resume point (None for a new run), checked before any data."""
+    """The settings and resume point (None for a new run), checked before any data. A multi-host
+    run joins the other processes here, before any model is loaded."""
     from diffusion_keras import distributed, runs
 
     if not hasattr(args, "resume"):
         config = config_from_args(args)
         if config.run.distribute:
-            distributed.check_supported()
-        run_dir = config.run.run_dir
-        run_dir = (runs.check_creatable(run_dir, "run folder", "--run-dir") if run_dir
-                   else runs.new_run_dir())  # made once training starts, not before
-        return config.updated({"run": {"run_dir": run_dir}}), None
+            distributed.start(config.optimization.batch_size)
+        if config.run.run_dir:
+            runs.check_new_run_dir(config.run.run_dir)
+        return config, None
     run_dir, config = resumed_config(args)
     if config.run.distribute:
-        distributed.check_supported()
-    run_dir = runs.prepare_run_dir(run_dir)
+        distributed.start(config.optimization.batch_size)
     resume_from = runs.resume_point(run_dir)
     for _, reason in resume_from.skipped:
         print(f"warning: {reason}; skipping it", file=sys.stderr)
@@ -225,29 +227,24 @@ def open_run(args):
     return config.updated({"run": {"run_dir": run_dir}}), resume_from
 
 
-def fit_run(config, resume_from):
-    from diffusion_keras import runs, training
+def open_run_images(config, resume_from):
+    """The run's prepared images (prepared now if needed), with a note where a resumed run's data
+    no longer matches what it started on."""
+    from diffusion_keras import runs
     from diffusion_keras.data import open_images
 
-    run, run_dir = config.run, config.run.run_dir
+    run = config.run
     channels = resume_from.model.config.channels if resume_from is not None else None
     images = open_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed,
                          channels, run.cache_dir, conditional=run.conditional)
     if resume_from is not None:
-        started_with = runs.read_json(os.path.join(run_dir, "config.json"), "run settings").get(
+        started_with = runs.read_json(os.path.join(run.run_dir, "config.json"), "run settings").get(
             "num_images")
         if started_with is not None and len(images) != started_with:
             print(f"warning: the data now has {len(images)} images, the run started with "
                   f"{started_with}; the resumed run will not match an uninterrupted one",
                   file=sys.stderr)
-        print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
-    else:
-        classes = f" in {len(images.class_names)} classes" if run.conditional else ""
-        print(f"training on {len(images)} images of shape {images.shape[1:]}{classes}; run folder "
-              f"{run_dir}")
-    training.train(images, run_dir, config,
-                   verbose=1 if sys.stdout.isatty() else 2,  # progress bars only where someone watches
-                   resume_from=resume_from)
+    return images
 
 
 def what_is_saved(run_dir):
@@ -257,17 +254,33 @@ def what_is_saved(run_dir):
     if not checkpoints:
         return "no epoch had completed, so nothing was saved"
     return (f"epochs up to {runs.checkpoint_epoch(checkpoints[-1])} are saved in {run_dir}; "
-            f"resume with: python train.py --resume {run_dir}")
+            f"resume with: {resume_command(run_dir)}")
+
+
+def resume_command(run_dir):
+    """The command that continues `run_dir`, with the interpreter and backend this one used."""
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"
+    backend = os.environ.get("KERAS_BACKEND")
+    return f"{f'KERAS_BACKEND={backend} ' if backend else ''}{python} train.py --resume {run_dir}"
 
 
 def train_from_args(args):
-    from diffusion_keras import runs
+    from diffusion_keras import distributed, runs, training
 
     config, resume_from = open_run(args)
-    run_dir = config.run.run_dir
-    previous_handler = signal.signal(signal.SIGTERM, interrupt)  # a scheduler's kill = Ctrl-C
+    images = open_run_images(config, resume_from)
+    run_dir, made_here = config.run.run_dir, not config.run.run_dir and distributed.is_writer()
+    if resume_from is not None:
+        print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
+    else:  # a new folder is claimed only now, when every check has passed and the data is ready
+        run_dir = run_dir or distributed.shared_value("run_dir", runs.new_run_dir)
+        classes = f" in {len(images.class_names)} classes" if config.run.conditional else ""
+        print(f"training on {len(images)} images of shape {images.shape[1:]}{classes}; run folder "
+              f"{run_dir}")
     try:
-        fit_run(config, resume_from)
+        training.train(images, run_dir, config.updated({"run": {"run_dir": run_dir}}),
+                       verbose=1 if sys.stdout.isatty() else 2,  # bars only where someone watches
+                       resume_from=resume_from)
     except KeyboardInterrupt:
         print(f"interrupted: {what_is_saved(run_dir)}", file=sys.stderr)
         return 130
@@ -275,14 +288,15 @@ def train_from_args(args):
         print(f"error: {error}; {what_is_saved(run_dir)}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if made_here:
+            runs.release_run_dir(run_dir)  # only if the run never started (the folder is empty)
     print(f"done: checkpoints in {os.path.join(run_dir, runs.CHECKPOINT_DIR)}, samples in "
           f"{os.path.join(run_dir, runs.SAMPLES_DIR)}, log in {os.path.join(run_dir, 'log.csv')}")
     return 0
 
 
 def main(argv=None):
-    return run(train_from_args, parser().parse_args(argv))
+    return run(train_from_args, parser().parse_args(argv), what="training")
 
 
 if __name__ == "__main__":
