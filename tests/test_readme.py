@@ -24,6 +24,8 @@ def readme_commands():
         for line in snippet.replace("\\\n", " ").splitlines():  # continued lines joined
             for command in line.split("&&"):
                 words = shlex.split(command.split("#")[0])
+                if words[-1:] == ["&"]:  # started in the background (the multi-host loop)
+                    words = words[:-1]
                 while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VARIABLE=value prefixes
                     words = words[1:]
                 if len(words) >= 2 and words[0].endswith("python") and words[1] != "-c":
