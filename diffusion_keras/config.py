@@ -225,6 +225,12 @@ class ModelConfig(_Section):
             raise UsageError(
                 f"image size {self.image_size} is not divisible by {factor} (2^(number of widths - 1) "
                 f"for widths {list(self.widths)}); use a multiple of {factor} or fewer widths")
+        sides = [self.image_size // 2**level for level in range(len(self.widths))]
+        unknown = sorted(set(self.attention_resolutions) - set(sides))
+        if unknown:
+            raise UsageError(f"attention resolutions {unknown} are not feature-map sides of this "
+                             f"U-Net; choose among {sides} (image size {self.image_size} halved at "
+                             "each of the widths)")
         _positive_int(self.block_depth, "block depth")
         _positive_int(self.embedding_dims, "embedding dims")
         _choice(self.norm, NORMALIZATIONS, "normalization")

@@ -15,7 +15,7 @@ import numpy as np
 
 from diffusion_keras import image_cache, image_files
 from diffusion_keras.config import DATASETS, default_cache_dir
-from diffusion_keras.errors import UsageError
+from diffusion_keras.errors import UsageError, counted
 
 log = logging.getLogger("diffusion_keras")
 
@@ -213,7 +213,7 @@ class ImageBatches(keras.utils.PyDataset):
         super().__init__(workers=workers, **kwargs)
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) < batch_size:
-            raise UsageError(f"only {len(self.indices)} images for batch size {batch_size}; "
+            raise UsageError(f"only {counted(len(self.indices), 'image')} for batch size {batch_size}; "
                              "use a smaller --batch-size or more images")
         shard_index, shard_count = shard
         if batch_size % shard_count:

@@ -1,4 +1,4 @@
-"""The one exception type the CLIs turn into a one-line message and exit code 2."""
+"""The exceptions the CLIs turn into a one-line message and exit code 2, and how messages count."""
 
 
 class UsageError(ValueError):
@@ -7,3 +7,8 @@ class UsageError(ValueError):
 
 class NonFiniteSamples(UsageError):
     """A model sampled NaN or infinite values: its weights diverged."""
+
+
+def counted(count, noun):
+    """'1 image', '2 images': a count in a message."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

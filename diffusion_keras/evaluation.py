@@ -45,11 +45,17 @@ def feature_extractor(features, channels, image_size, inception_weights="imagene
     if features not in FEATURES:
         raise UsageError(f"unknown features {features!r}; choose one of {list(FEATURES)}")
     if features == "cifar10":
+        if not is_cifar10_like(channels, image_size):
+            raise UsageError(f"--features cifar10 scores 32x32 RGB images (the CIFAR-10 "
+                             f"classifier's input); this model makes {image_size}x{image_size}x"
+                             f"{channels}: use --features inception")
         return "cifar10", cifar10_features.cifar10_extractor(channels)
+    metrics.check_inception_settings(inception_size, inception_weights)  # a typo never falls back
     try:
         return "inception", metrics.inception_extractor(channels, inception_size, inception_weights)
     except UsageError as error:
-        if features == "inception" or not is_cifar10_like(channels, image_size):
+        if features == "inception" or inception_weights != "imagenet" or \
+                not is_cifar10_like(channels, image_size):
             raise
         log.warning("%s; scoring in the CIFAR-10 classifier's features instead (FD-cifar10 and "
                     "KD-cifar10, not FID and KID)", str(error).split(";")[0])

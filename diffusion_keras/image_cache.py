@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from diffusion_keras import image_files, runs
-from diffusion_keras.errors import UsageError
+from diffusion_keras.errors import UsageError, counted
 
 FORMAT_VERSION = 1
 SPARE_BYTES = 64 * 2**20  # left free on the disk after preparing
@@ -154,8 +154,8 @@ def prepare(source, image_size, channels, path, description_path, key, workers=N
     runs.check_creatable(folder, "cache folder", "--cache-dir")
     check_disk_space(folder, source.count * image_size * image_size * (channels or 3))
     os.makedirs(folder, exist_ok=True)
-    progress = keras.utils.Progbar(source.count, unit_name="image", interval=1.0)
-    print(f"preparing {source.count} images of {source.name} at {image_size} pixels in {path} "
+    progress = None  # started at the first image, so the workers' start-up does not skew its ETA
+    print(f"preparing {counted(source.count, 'image')} of {source.name} at {image_size} pixels in {path} "
           "(once; later runs reuse them)", file=sys.stderr)
     labels, all_gray, done = [], True, 0
     try:
@@ -167,8 +167,10 @@ def prepare(source, image_size, channels, path, description_path, key, workers=N
                     labels.append(label)
                     all_gray = all_gray and gray
                     done = position + 1
+                    progress = progress or keras.utils.Progbar(source.count, unit_name="image",
+                                                               interval=1.0)
                     progress.update(done)
-            if done < source.count:  # skipped images at the end
+            if progress is not None and done < source.count:  # skipped images at the end
                 progress.update(source.count)
             if channels is None and all_gray:
                 keep_first_channel(temporary, (len(labels), image_size, image_size, 3))

@@ -18,6 +18,16 @@ from diffusion_keras.errors import UsageError
 MIN_INCEPTION_SIZE = 75  # the smallest input InceptionV3 accepts
 
 
+def check_inception_settings(image_size, weights):
+    """One line for an InceptionV3 input size or weights file that cannot work."""
+    if image_size < MIN_INCEPTION_SIZE:
+        raise UsageError(f"inception image size must be at least {MIN_INCEPTION_SIZE} (InceptionV3's "
+                         f"smallest input), got {image_size}")
+    if weights not in ("imagenet", None) and not os.path.isfile(weights):
+        raise UsageError(f"InceptionV3 weights file {weights!r} does not exist; pass the path of "
+                         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
+
+
 def inception_extractor(channels=3, image_size=INCEPTION_SIZE, weights="imagenet", seed=0):
     """A keras.Model: images in [0, 1] (any size, 1 or 3 channels) -> 2048 InceptionV3 pool features.
 
@@ -25,11 +35,7 @@ def inception_extractor(channels=3, image_size=INCEPTION_SIZE, weights="imagenet
     no-top model, or None for random weights (seeded, so mechanics and caches are repeatable; the
     numbers are then not comparable with published ones).
     """
-    if image_size < MIN_INCEPTION_SIZE:
-        raise UsageError(f"inception image size must be at least {MIN_INCEPTION_SIZE}, got {image_size}")
-    if weights not in ("imagenet", None) and not os.path.isfile(weights):
-        raise UsageError(f"InceptionV3 weights file {weights!r} does not exist; pass the path of "
-                         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    check_inception_settings(image_size, weights)
     if weights is None:
         keras.utils.set_random_seed(seed)
     try:
@@ -39,7 +45,8 @@ def inception_extractor(channels=3, image_size=INCEPTION_SIZE, weights="imagenet
         )
     except Exception as error:  # download (URLError, HTTPError, ...) or weight-file errors
         source = "could not be downloaded" if weights == "imagenet" else f"could not be read from {weights!r}"
-        raise UsageError(f"InceptionV3 ImageNet weights {source} ({type(error).__name__}); pass "
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UsageError(f"InceptionV3 ImageNet weights {source} ({reason}); pass "
                          "--inception-weights PATH to a local no-top .h5 weights file") from error
     images = keras.Input((None, None, channels))
     x = layers.Resizing(image_size, image_size)(images)

@@ -142,6 +142,36 @@ class DiffusionModel(keras.Model):
         return targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates,
                                             self.config.prediction)
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Keras' `fit`, after `check_training_data` has looked at the first batch."""
+        self.check_training_data(x)
+        return super().fit(x, y, *args, **kwargs)
+
+    def check_training_data(self, data):
+        """One line, before any step, for what this model would otherwise learn silently wrong: a
+        normaliser never adapted, images of another shape, or float images outside [0, 1]. Looks at
+        an array's first images or a `keras.utils.PyDataset`'s first batch (tf.data: not at all)."""
+        mean, variance = (ops.convert_to_numpy(weight) for weight in
+                          (self.normalizer.adapt_mean, self.normalizer.adapt_variance))
+        if np.all(mean == 0) and np.all(variance == 1):
+            raise UsageError("the normaliser has not been adapted to the data: call "
+                             "model.normalizer.adapt(images / 255.0) (or a sample of them) before "
+                             "fit")
+        if isinstance(data, keras.utils.PyDataset):
+            data = data[0]
+        if isinstance(data, (tuple, list)):
+            data = data[0]
+        if not hasattr(data, "shape") or not hasattr(data, "dtype") or len(data.shape) != 4:
+            return
+        if tuple(data.shape[1:]) != self.image_shape:
+            raise UsageError(f"the images are shaped {tuple(data.shape[1:])} but this model makes "
+                             f"{self.image_shape}; resize them (data.load_image_folder(..., "
+                             "image_size)) or build the model for them")
+        sample = np.asarray(data[:256])
+        if sample.dtype.kind == "f" and (sample.max() > 1.001 or sample.min() < -0.001):
+            raise UsageError(f"float images must be in [0, 1], these reach {sample.min():g} to "
+                             f"{sample.max():g}: divide them by 255, or pass uint8 images")
+
     def call(self, images, training=False):
         """Pixels -> the normalised space the network is trained in. Integer images (uint8 batches
         straight from the data) are scaled to [0, 1] here, inside the step; floats are in [0, 1]."""

@@ -12,6 +12,9 @@ from diffusion_keras.runs import atomic_write
 
 # grids and GIFs are enlarged (nearest neighbour, whole pixels) until their shorter side reaches this
 MIN_PICTURE_SIDE = 256
+# and shrunk by a whole factor until their longer side is at most this (a grid of 16 untrained
+# 1000-pixel samples, pure noise that PNG cannot compress, was 48 MB)
+MAX_PICTURE_SIDE = 2048
 
 
 def image_grid(images, rows=None, cols=None, padding=1):
@@ -34,9 +37,16 @@ def image_grid(images, rows=None, cols=None, padding=1):
     return grid
 
 
-def enlarged(picture, min_side=MIN_PICTURE_SIDE):
+def enlarged(picture, min_side=MIN_PICTURE_SIDE, max_side=MAX_PICTURE_SIDE):
     """A uint8 (H, W, C) picture scaled up by a whole factor (nearest neighbour: pixels stay
-    sharp) until its shorter side reaches `min_side`, so a 16x16 sample is not a dot."""
+    sharp) until its shorter side reaches `min_side`, so a 16x16 sample is not a dot; or scaled
+    down by a whole factor (averaging blocks) until its longer side is at most `max_side`."""
+    if max(picture.shape[:2]) > max_side:
+        factor = math.ceil(max(picture.shape[:2]) / max_side)
+        height, width = (side // factor * factor for side in picture.shape[:2])
+        blocks = picture[:height, :width].reshape(height // factor, factor, width // factor,
+                                                  factor, -1)
+        return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
     factor = max(1, math.ceil(min_side / min(picture.shape[:2])))
     return picture.repeat(factor, axis=0).repeat(factor, axis=1)
 
@@ -87,9 +97,9 @@ def _finish(figure, save_to):
     """
     import matplotlib.pyplot as plt
 
-    if save_to is not None:
+    if save_to is not None:  # "tight": titles and labels that overhang the axes are kept whole
         with atomic_write(save_to) as temporary:
-            figure.savefig(temporary, format=os.path.splitext(save_to)[1][1:])
+            figure.savefig(temporary, format=os.path.splitext(save_to)[1][1:], bbox_inches="tight")
     if plt.get_backend().lower().endswith("inline"):
         plt.show()
         return None
@@ -109,16 +119,19 @@ def plot_losses(log, save_to=None):
     if isinstance(log, str):
         with open(log) as file:
             log = json.load(file)
-    # "loss" and "val_loss" repeat the noise loss under Keras' generic name
     columns = [key for key in dict.fromkeys(key for row in log for key in row)
-               if key not in ("epoch", "loss", "val_loss")]
+               if key not in ("epoch", "learning_rate")]
     figure, axis = _figure(figsize=(6, 4))
     for column in columns:
         points = [(row["epoch"], row[column]) for row in log if column in row]
         axis.plot(*zip(*points), marker="o", label=column, linestyle="--" if "val_" in column else "-")
     axis.set_xlabel("epoch")
-    axis.set_ylabel("mean absolute error (log scale)")
-    axis.set_title("Training losses (val_: held-out images, EMA network)")
+    axis.set_ylabel("log scale")
+    validated = any(column.startswith("val_") for column in columns)
+    axis.set_title("Losses per epoch: loss is the training objective; noise_ and image_loss the\n"
+                   "mean absolute error of the predicted noise and image"
+                   + ("; val_: held-out images, EMA network" if validated else ""),
+                   fontsize="small")
     axis.set_yscale("log")  # image losses are several times the noise losses
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend()
@@ -139,7 +152,7 @@ def plot_schedules(save_to=None, num_points=201):
         axis.plot(times, noise_rates, color=colour, linestyle="--", label=f"{name} noise rate")
     axis.set_xlabel("diffusion time")
     axis.set_ylabel("rate")
-    axis.set_title("Diffusion schedules: noisy = signal rate x image + noise rate x noise")
+    axis.set_title("Diffusion schedules\nnoisy = signal rate x image + noise rate x noise")
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -21,12 +21,14 @@ from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.optimizers import PerUpdate, build_optimizer
 
+MIN_VALIDATION_IMAGES = 8  # fewer held-out images would score the EMA network by chance
 
-def split_indices(count, validation_split, batch_size, seed):
+
+def split_indices(count, validation_split, seed):
     """(training, validation) image indices: a seeded `validation_split` fraction held out, or none
-    (validation None) when it would be under one batch."""
+    (validation None) when that is under MIN_VALIDATION_IMAGES."""
     held_out = int(count * validation_split)
-    if held_out < batch_size:
+    if held_out < MIN_VALIDATION_IMAGES:
         return np.arange(count), None
     order = np.random.default_rng(seed).permutation(count)
     return np.sort(order[held_out:]), np.sort(order[:held_out])
@@ -113,8 +115,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     if run.distribute:
         distributed.start(batch_size)  # before any variable is made
     keras.utils.set_random_seed(seed)
-    train_indices, validation_indices = split_indices(len(images), run.validation_split,
-                                                      batch_size, seed)
+    train_indices, validation_indices = split_indices(len(images), run.validation_split, seed)
     labels, class_names = run_classes(images, run.conditional, labels, class_names)
     shard = (distributed.process_index(), distributed.process_count())
     batches = ImageBatches(images, batch_size, flip=run.resolved_flip(), seed=seed,
@@ -132,10 +133,12 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
             raise UsageError(f"the data's classes {list(class_names)} are not the checkpoint's "
                              f"{list(model.config.class_names)}; resume on the same data")
     validation = None
-    if validation_indices is not None:
+    if validation_indices is not None:  # in batches of up to batch_size that split over the devices
+        devices = distributed.device_count()
+        validation_batch = min(batch_size, len(validation_indices)) // devices * devices
         validation = backend.as_fit_input(ImageBatches(
-            images, batch_size, flip=False, shuffle=False, indices=validation_indices, shard=shard,
-            labels=labels))
+            images, validation_batch, flip=False, shuffle=False, indices=validation_indices,
+            shard=shard, labels=labels))
     writer = distributed.is_writer()  # the other processes compute in step and write nothing
     if writer:  # only now: a run that cannot start leaves no folder behind
         if resume_from is None:

@@ -9,10 +9,10 @@ from diffusion_keras.layers import SinusoidalEmbedding, down_block, unet_block, 
 
 
 def build_unet(config=ModelConfig(), name="unet"):
-    """The U-Net a `ModelConfig` describes. By default the keras-io DDIM U-Net: the noise embedding
-    is tiled over the image and joins at the input. DDPM-style options: self-attention at the
-    feature-map sides in `attention_resolutions`, GroupNorm (`norm="group"`; or none, `norm="none"`),
-    the embedding added to every residual block (`embedding="every"`, through a small MLP as in DDPM)
+    """The U-Net a `ModelConfig` describes: the keras-io DDIM U-Net with the noise embedding added to
+    every residual block through a small MLP, as in DDPM (the default; `embedding="input"`: tiled
+    over the image and joined at the input, as keras-io did). Other options: self-attention at the
+    feature-map sides in `attention_resolutions`, GroupNorm (`norm="group"`; or none, `norm="none"`)
     and dropout in the residual blocks. With `class_names`, a learned class embedding (index
     len(class_names): no class) is added to the noise embedding, so the classes reach the network
     wherever the noise level does.

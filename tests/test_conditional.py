@@ -221,26 +221,28 @@ def test_generate_cli_draws_class_rows_at_each_guidance(checkpoint, tmp_path):
     assert generate.main(["--checkpoint", checkpoint, "--class", "green", "--class", "0",
                           "--guidance", "0,2.5", "--steps", "2", "--num-images", "3",
                           "--individual", "--output", str(output), "--quiet"]) == 0
-    name = "dpmpp2m_seed0_steps2_classes-green-red_guidance0-2.5"
+    name = "model_dpmpp2m_log_snr_steps2_seed0_n3_classes-green-red_guidance0-2.5"
     picture = output / f"samples_{name}.png"
     assert picture.stat().st_size > 0
     metadata = json.loads((output / f"samples_{name}.json").read_text())
     assert metadata["classes"] == ["green", "red"] and metadata["guidance"] == [0.0, 2.5]
-    assert metadata["num_images"] == 3 and metadata["files"] == [str(picture)]
-    individual = sorted(path.name for path in output.glob("sample_*.png"))
-    assert len(individual) == 2 * 2 * 3
-    assert "sample_dpmpp2m_seed0_steps2_class1_guidance2.5_0002.png" in individual
+    assert metadata["num_images"] == 3
+    assert metadata["files"] == [str(picture), str(output / f"samples_{name}")]
+    individual = sorted(path.name for path in (output / f"samples_{name}").glob("*.png"))
+    assert len(individual) == 2 * 2 * 3 == metadata["individual_images"]
+    assert "class1_guidance2.5_0002.png" in individual
 
 
 def test_generate_cli_class_all_and_plain_grids_of_a_conditional_model(checkpoint, tmp_path):
     assert generate.main(["--checkpoint", checkpoint, "--class", "all", "--steps", "2",
                           "--num-images", "2", "--output", str(tmp_path), "--quiet"]) == 0
     metadata = json.loads(
-        (tmp_path / "samples_dpmpp2m_seed0_steps2_classes-all_guidance1.json").read_text())
+        (tmp_path / "samples_model_dpmpp2m_log_snr_steps2_seed0_n2_classes-all_guidance1.json")
+        .read_text())
     assert metadata["classes"] == list(CLASSES) and metadata["guidance"] == [1.0]
     assert generate.main(["--checkpoint", checkpoint, "--steps", "2", "--num-images", "2",
                           "--output", str(tmp_path), "--quiet"]) == 0  # unconditional samples
-    metadata = json.loads((tmp_path / "samples_dpmpp2m_seed0_steps2.json").read_text())
+    metadata = json.loads((tmp_path / "samples_model_dpmpp2m_log_snr_steps2_seed0_n2.json").read_text())
     assert metadata["classes"] is None and metadata["guidance"] is None
 
 

@@ -111,14 +111,31 @@ def non_negative_float_list(text):
     return values
 
 
+EXTRAS = {"jax": "jax", "torch": "torch"}  # optional dependencies, as pyproject.toml names them
+
+
+def missing_module(name):
+    """What to install when importing Keras or its backend failed for want of `name`."""
+    if name in EXTRAS:
+        return (f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND', name)} needs {name}, which is not "
+                f"installed for {sys.executable}; install it with pip install -e '.[{EXTRAS[name]}]' "
+                "(in the project's .venv), or choose another KERAS_BACKEND")
+    return (f"{name} is not installed for {sys.executable}; run the set-up command in README.md "
+            "and use that environment's python (.venv/bin/python)")
+
+
 def run(main_body, args, what="the command"):
     """Run a CLI body; a UsageError becomes 'error: ...' on stderr and exit code 2, a Ctrl-C or
     SIGTERM a request to stop at the next batch (`interrupts`), one line and exit code 130 (training
     says what it saved itself), not a traceback. In a multi-host run a process that fails ends
     the others (`distributed.end_process`)."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
-    with native_stderr_silenced():
-        import keras  # noqa: F401 (loads the backend quietly, once)
+    try:
+        with native_stderr_silenced():
+            import keras  # noqa: F401 (loads the backend quietly, once)
+    except ModuleNotFoundError as error:
+        print(f"error: {missing_module(error.name)}", file=sys.stderr)
+        return 2
     from diffusion_keras import distributed, interrupts
 
     try:

@@ -10,7 +10,7 @@ import sys
 
 from diffusion_keras import config as settings
 from diffusion_keras.cli import Parser, int_list, positive_int, run
-from diffusion_keras.errors import UsageError
+from diffusion_keras.errors import UsageError, counted
 
 RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints",
                      "run.tensorboard", "run.cache_dir", "run.distribute")
@@ -196,7 +196,13 @@ def config_from_args(args):
     base = base.updated(settings.RECIPES.get(getattr(args, "recipe", ""), {}))
     if hasattr(args, "config"):
         base = settings.read_config(args.config, base).updated({"run": {"run_dir": None}})
-    return base.updated(given_settings(args))
+    given = given_settings(args)
+    config = base.updated(given)
+    if "timesteps" in given.get("model", {}) and config.model.formulation != "ddpm":
+        raise UsageError(f"--timesteps sets the DDPM formulation's integer steps; the "
+                         f"{config.model.formulation} formulation has none: drop it, or add "
+                         "--formulation ddpm")
+    return config
 
 
 def open_run(args):
@@ -247,6 +253,22 @@ def open_run_images(config, resume_from):
     return images
 
 
+def what_is_trained(images, config):
+    """'1900 images of shape (32, 32, 3) (100 more held out to score the EMA network each epoch)'."""
+    from diffusion_keras.training import MIN_VALIDATION_IMAGES, split_indices
+
+    run = config.run
+    classes = f" in {len(images.class_names)} classes" if run.conditional else ""
+    trained, held_out = split_indices(len(images), run.validation_split, run.seed)
+    if held_out is not None:
+        validation = (f"{len(held_out)} more held out to score the EMA network each epoch; "
+                      "best.keras is the lowest validation loss")
+    else:
+        validation = (f"none held out: {run.validation_split:.0%} of them would be fewer than "
+                      f"{MIN_VALIDATION_IMAGES}, so best.keras is the lowest training loss")
+    return f"{counted(len(trained), 'image')} of shape {images.shape[1:]}{classes} ({validation})"
+
+
 def what_is_saved(run_dir):
     from diffusion_keras import runs
 
@@ -274,9 +296,7 @@ def train_from_args(args):
         print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
     else:  # a new folder is claimed only now, when every check has passed and the data is ready
         run_dir = run_dir or distributed.shared_value("run_dir", runs.new_run_dir)
-        classes = f" in {len(images.class_names)} classes" if config.run.conditional else ""
-        print(f"training on {len(images)} images of shape {images.shape[1:]}{classes}; run folder "
-              f"{run_dir}")
+        print(f"training on {what_is_trained(images, config)}; run folder {run_dir}")
     try:
         training.train(images, run_dir, config.updated({"run": {"run_dir": run_dir}}),
                        verbose=1 if sys.stdout.isatty() else 2,  # bars only where someone watches
