@@ -1,11 +1,8 @@
-"""Thin entry point: see diffusion_keras/bench.py."""
+"""Thin entry point: see diffusion_keras/cli/bench.py."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from diffusion_keras.bench import main  # noqa: E402
+from diffusion_keras.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -102,12 +102,17 @@ def tfds_builder(name):
     a one-line error otherwise (in seconds, not minutes of download retries)."""
     import tensorflow_datasets as tfds
 
+    absl = logging.getLogger("absl")  # tfds warns about its own folders while probing them
+    level = absl.level
+    absl.setLevel(logging.ERROR)
     try:
         builder = tfds.builder(name)
         prepared = builder.is_prepared()
     except Exception as error:  # a builder that cannot even be made is treated as not prepared
         builder, prepared = None, False
         log.debug("tfds builder %s: %s", name, error)
+    finally:
+        absl.setLevel(level)
     if not prepared and not reachable(TFDS_HOST):
         raise UsageError(
             f"tensorflow-datasets {name!r} is not downloaded yet and {TFDS_HOST[0]} cannot be "

@@ -27,7 +27,7 @@ import threading
 import keras
 import numpy as np
 
-from diffusion_keras import backend, interrupts
+from diffusion_keras import backend, interrupts, quiet
 from diffusion_keras.errors import UsageError
 
 MULTI_HOST_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
@@ -107,7 +107,7 @@ def join(coordinator, count, index):
     interrupts.reclaim_signals()  # JAX takes SIGTERM as a preemption notice; here it stops a run
     # one random seed in every process, as keras.distribution.initialize() draws, so weights made
     # before a checkpoint is loaded (or a seed is set) are the same everywhere
-    keras.utils.set_random_seed(int(shared_value("seed", lambda: str(secrets.randbits(31)))))
+    quiet.set_random_seed(int(shared_value("seed", lambda: str(secrets.randbits(31)))))
     threading.Thread(target=watch_other_processes, args=(coordination_client(), index),
                      daemon=True, name="diffusion_keras-watch").start()
 

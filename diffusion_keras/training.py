@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import backend, distributed, interrupts, runs
+from diffusion_keras import backend, distributed, interrupts, quiet, runs
 from diffusion_keras.callbacks import (
     Checkpointer,
     EpochSeeds,
@@ -114,7 +114,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
     if run.distribute:
         distributed.start(batch_size)  # before any variable is made
-    keras.utils.set_random_seed(seed)
+    quiet.set_random_seed(seed)
     train_indices, validation_indices = split_indices(len(images), run.validation_split, seed)
     labels, class_names = run_classes(images, run.conditional, labels, class_names)
     shard = (distributed.process_index(), distributed.process_count())

@@ -5,12 +5,13 @@ import json
 import pytest
 
 from diffusion_keras import bench
+from diffusion_keras.cli import bench as bench_cli
 from diffusion_keras.config import ModelConfig
 from diffusion_keras.unet import build_unet
 
 
 def test_bench_prints_a_json_line_and_a_table(capsys):
-    assert bench.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
+    assert bench_cli.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
                        "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
                        "--precision", "float32"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -23,7 +24,7 @@ def test_bench_prints_a_json_line_and_a_table(capsys):
 
 
 def test_peak_tflops_adds_the_model_flop_utilisation(capsys):
-    assert bench.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
+    assert bench_cli.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
                        "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
                        "--precision", "float32", "--peak-tflops", "1e-4"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
@@ -46,10 +47,9 @@ def test_flop_count_matches_a_hand_count():
 def test_compare_reference_times_it_before_and_after_and_prints_ratios(tmp_path, capsys):
     reference = tmp_path / "reference.py"
     reference.write_text("print('ref_params=10\\nref_sample_img_s=2.0\\nref_train_img_s=4.0')\n")
-    assert bench.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
+    assert bench_cli.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
                        "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
-                       "--precision", "float32", "--compare-reference",
-                       "--reference", str(reference)]) == 0
+                       "--precision", "float32", "--compare-reference", str(reference)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert json.loads(lines[0])["reference_after"]["ref_train_img_s"] == 4.0
     row = json.loads(lines[1])
@@ -60,8 +60,18 @@ def test_compare_reference_times_it_before_and_after_and_prints_ratios(tmp_path,
 
 def test_a_non_positive_peak_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as exit:
-        bench.main(["--peak-tflops", "0"])
+        bench_cli.main(["--peak-tflops", "0"])
     assert exit.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("--peak-tflops: must be a positive number, got 0.0 (see --help)")
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compare-reference", "missing.py"], "reference script 'missing.py' does not exist"),
+    (["--image-size", "7"], "image size 7 is not divisible by 8"),
+])
+def test_bad_input_is_one_line_before_any_work(argv, message, capsys):
+    assert bench_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1

@@ -214,8 +214,8 @@ def test_help_and_argument_errors_are_instant_and_quiet():
     """No Keras or TensorFlow is imported to answer --help or a bad flag, so nothing prints but
     argparse's own text, and a checkpoint error that does import them is still one line."""
     probe = ("import sys\n"
-             "from diffusion_keras.cli import evaluate, generate, train\n"
-             "for cli in (evaluate, generate, train): cli.parser().format_help()\n"
+             "from diffusion_keras.cli import bench, evaluate, generate, train\n"
+             "for cli in (bench, evaluate, generate, train): cli.parser().format_help()\n"
              "print(sorted(name for name in ('keras', 'tensorflow', 'jax', 'torch') "
              "if name in sys.modules))")
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
@@ -410,3 +410,33 @@ def test_every_setting_that_changes_the_images_is_in_the_names(trained_run, tmp_
         "samples_epoch_0002_ddim-eta1_uniform_steps2_seed0_n2.png"]
     for path in tmp_path.glob("*.json"):
         assert json.loads(path.read_text())["files"] == [str(path)[:-len(".json")] + ".png"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_generating_stops_at_the_next_batch_and_twice_at_once(trained_run, tmp_path):
+    """Said at once, done between batches (a compiled sampling loop cannot stop halfway), and a
+    second Ctrl-C ends the process at once; neither leaves a JSON claiming half the images."""
+    import signal
+    import time
+
+    for presses in (1, 2):
+        output, log = tmp_path / f"presses{presses}", tmp_path / f"presses{presses}.log"
+        with open(log, "w") as stdout:
+            process = subprocess.Popen(
+                [sys.executable, "generate.py", "--checkpoint", str(trained_run), "--steps", "50",
+                 "--num-images", "6000", "--batch-size", "2000", "--individual", "--output",
+                 str(output)], cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while "/6000" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the first batch is sampled
+        started = time.monotonic()
+        for _ in range(presses):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        err = process.communicate(timeout=120)[1]
+        assert process.returncode == 130, err[-2000:]
+        assert time.monotonic() - started < 20
+        assert "stopping generating at the next batch" in err
+        assert ("stopped at once" in err) == (presses == 2)
+        assert "Traceback" not in err
+        assert not glob.glob(str(output / "*.json"))

@@ -1,35 +1,13 @@
 """Command-line front ends: parse, call one library function, turn user errors into exit code 2."""
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import traceback
 
 from diffusion_keras.errors import UsageError
-
-# TensorFlow's C++ log lines (cuInit errors on a machine without a GPU, CPU feature notes) say
-# nothing to a user; set before anything imports TensorFlow, overridable from the environment
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Send what native code writes to the stderr file descriptor to /dev/null for the block.
-
-    TensorFlow logs its start-up (oneDNN, CUDA stubs) while its libraries load, before it reads
-    TF_CPP_MIN_LOG_LEVEL; Python's own errors are printed after the block, so none is hidden.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+from diffusion_keras.quiet import quiet_native_logs
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -131,7 +109,7 @@ def run(main_body, args, what="the command"):
     the others (`distributed.end_process`)."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
-        with native_stderr_silenced():
+        with quiet_native_logs():
             import keras  # noqa: F401 (loads the backend quietly, once)
     except ModuleNotFoundError as error:
         print(f"error: {missing_module(error.name)}", file=sys.stderr)
