@@ -41,3 +41,15 @@ def trained_model(tiny_images):
     model.compile(optimizer=keras.optimizers.AdamW(3e-3, weight_decay=1e-4))
     model.fit_history = model.fit(ImageBatches(tiny_images, 16, seed=0), epochs=8, verbose=0).history
     return model
+
+
+# Fixtures that train through the command line or in other processes: every test that uses one is
+# slow (the fast suite, `pytest -m "not slow"`, runs in about a minute).
+SLOW_FIXTURES = {"trained_run", "reference", "finished_run", "single", "resumed", "two_device_run",
+                 "per_backend_images", "muon_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

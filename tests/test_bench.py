@@ -10,6 +10,7 @@ from diffusion_keras.config import ModelConfig
 from diffusion_keras.unet import build_unet
 
 
+@pytest.mark.slow
 def test_bench_prints_a_json_line_and_a_table(capsys):
     assert bench_cli.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
                        "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
@@ -23,6 +24,7 @@ def test_bench_prints_a_json_line_and_a_table(capsys):
     assert lines[1].startswith("backend | precision")
 
 
+@pytest.mark.slow
 def test_peak_tflops_adds_the_model_flop_utilisation(capsys):
     assert bench_cli.main(["--image-size", "8", "--batch-size", "4", "--widths", "4,8",
                        "--block-depth", "1", "--train-steps", "2", "--sample-steps", "2",
@@ -44,6 +46,7 @@ def test_flop_count_matches_a_hand_count():
     assert bench.forward_flops_per_image(network) == 2 * macs
 
 
+@pytest.mark.slow
 def test_compare_reference_times_it_before_and_after_and_prints_ratios(tmp_path, capsys):
     reference = tmp_path / "reference.py"
     reference.write_text("print('ref_params=10\\nref_sample_img_s=2.0\\nref_train_img_s=4.0')\n")

@@ -45,6 +45,7 @@ def cifar10_test_sample(per_class=30):
     return np.stack(images), np.array(labels)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHARED_CIFAR), reason="the shared CIFAR-10 archive is absent")
 def test_the_classifier_recognises_cifar10_test_images():
     images, labels = cifar10_test_sample()
@@ -52,6 +53,7 @@ def test_the_classifier_recognises_cifar10_test_images():
     assert np.mean(np.argmax(logits, axis=-1) == labels) > 0.8
 
 
+@pytest.mark.slow
 def test_the_training_script_writes_loadable_weights(tmp_path, capsys):
     """benchmarks/train_cifar10_features.py on a tiny CIFAR-10-shaped folder, one epoch."""
     import sys

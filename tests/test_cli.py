@@ -210,6 +210,7 @@ def test_interpolation_strip_holds_every_frame_and_pictures_are_enlarged(trained
     assert min(gif.size) >= 256
 
 
+@pytest.mark.slow
 def test_help_and_argument_errors_are_instant_and_quiet():
     """No Keras or TensorFlow is imported to answer --help or a bad flag, so nothing prints but
     argparse's own text, and a checkpoint error that does import them is still one line."""
@@ -295,6 +296,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
 def test_training_end_to_end_on_each_backend(backend, tiny_folder, tmp_path):
     """A fresh process per backend; JAX and PyTorch run with TensorFlow imports blocked."""
@@ -353,6 +355,7 @@ def test_generate_rejects_eta_for_other_samplers(trained_run, capsys):
     assert_one_line_error(capsys, "--eta is a DDIM setting")
 
 
+@pytest.mark.slow
 def test_train_with_the_ddpm_formulation_and_its_architecture(tiny_folder, tmp_path):
     run_dir = tmp_path / "run"
     code = train.main(["--data-dir", str(tiny_folder), "--epochs", "1", "--run-dir", str(run_dir),

@@ -98,6 +98,7 @@ def test_label_dropout_replaces_labels_at_its_rate_and_repeats_after_a_restart()
         keras.ops.convert_to_numpy(model.training_labels(labels[:, None], training=False)), labels)
 
 
+@pytest.mark.slow
 def test_class_names_round_trip_through_config_json_and_keras_files(model, checkpoint):
     config = ModelConfig.from_dict({"class_names": ["cat", "dog"], "label_dropout": 0.2})
     assert config.class_names == ("cat", "dog")
@@ -148,6 +149,7 @@ def test_guidance_zero_is_the_unconditional_prediction_and_one_the_conditional(m
         np.testing.assert_allclose(value, uncond + 3.0 * (cond - uncond), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_guidance_sweep_keeps_each_images_noise_and_compiles_once(model, monkeypatch):
     settings = {"seed": 4, "labels": 1, "sampler": "ddim"}
     starts = {}
@@ -170,6 +172,7 @@ def test_a_guidance_sweep_keeps_each_images_noise_and_compiles_once(model, monke
         assert len(traces) == 1, "guidance is an input of the compiled sampler, not a constant"
 
 
+@pytest.mark.slow
 def test_labels_are_padded_with_the_last_batch(model):
     labels = [2, 0, 1, 1, 0]
     whole = model.generate(5, 3, seed=2, labels=labels, guidance=2.0, batch_size=5)
@@ -204,11 +207,13 @@ def test_bad_labels_and_guidance_are_rejected_before_sampling(model, kwargs, mes
 
 def test_labels_and_models_must_match_in_fit_and_generate(tiny_images):
     unconditional = DiffusionModel(seed=0, **TINY)
+    unconditional.normalizer.adapt(tiny_images)
     with pytest.raises(UsageError, match="this model is unconditional"):
         unconditional.generate(2, 2, labels=0)
     with pytest.raises(UsageError, match="this model is unconditional"):
         unconditional.class_indices(["red"])
     conditional = DiffusionModel(class_names=CLASSES, seed=0, **TINY)
+    conditional.normalizer.adapt(tiny_images)
     for model, labels, message in ((unconditional, labels_for(8), "this model is unconditional"),
                                    (conditional, None, "fit it on \\(images, labels\\)")):
         model.compile(optimizer=keras.optimizers.AdamW(1e-3))
@@ -216,6 +221,7 @@ def test_labels_and_models_must_match_in_fit_and_generate(tiny_images):
             model.fit(x=tiny_images[:8], y=labels, batch_size=8, verbose=0)
 
 
+@pytest.mark.slow
 def test_generate_cli_draws_class_rows_at_each_guidance(checkpoint, tmp_path):
     output = tmp_path / "out"
     assert generate.main(["--checkpoint", checkpoint, "--class", "green", "--class", "0",
@@ -233,6 +239,7 @@ def test_generate_cli_draws_class_rows_at_each_guidance(checkpoint, tmp_path):
     assert "class1_guidance2.5_0002.png" in individual
 
 
+@pytest.mark.slow
 def test_generate_cli_class_all_and_plain_grids_of_a_conditional_model(checkpoint, tmp_path):
     assert generate.main(["--checkpoint", checkpoint, "--class", "all", "--steps", "2",
                           "--num-images", "2", "--output", str(tmp_path), "--quiet"]) == 0
@@ -288,6 +295,7 @@ def train_save_load_generate(checkpoint, folder):
              class_names=np.array(loaded.config.class_names))
 
 
+@pytest.mark.slow
 def test_train_generate_save_and_load_on_every_backend(checkpoint, tmp_path):
     results = {}
     for backend in ("tensorflow", "jax", "torch"):
@@ -311,6 +319,7 @@ CLI_TRAINING = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", 
                 "8", "--plot-every", "5"]
 
 
+@pytest.mark.slow
 def test_train_conditional_learns_the_sub_folder_classes_then_generates_them(tiny_folder,
                                                                               tmp_path):
     from diffusion_keras.cli import train
@@ -351,6 +360,7 @@ def test_conditional_on_a_dataset_without_labels_is_refused():
         data.check_classes(unlabelled, None)
 
 
+@pytest.mark.slow
 def test_conditional_run_resumes_exactly(tiny_folder, tmp_path):
     """Label dropout draws from the model's seed generator, restarted per epoch: a resumed
     conditional run repeats the uninterrupted one."""

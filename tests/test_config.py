@@ -19,7 +19,7 @@ from tests.conftest import TINY
 
 
 def test_training_config_round_trips_through_json():
-    config = TrainingConfig(ModelConfig(widths=(8, 16), attention_resolutions=(8,), ema_warmup=0.75),
+    config = TrainingConfig(ModelConfig(widths=(8, 16), attention_resolutions=(16,), ema_warmup=0.75),
                             OptimizationConfig(epochs=3, learning_rate_schedule="cosine"),
                             RunConfig(data_dir="images", seed=4))
     assert TrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -102,6 +102,7 @@ def test_a_recipe_is_one_flag_with_config_files_and_flags_on_top(tmp_path):
     assert (config.optimization.epochs, config.optimization.batch_size) == (2, 16)
 
 
+@pytest.mark.slow
 def test_presets_have_the_parameter_counts_help_shows(capsys):
     from diffusion_keras.config import PRESET_PARAMETERS, PRESETS
     from diffusion_keras.unet import build_unet

@@ -140,6 +140,7 @@ def test_fewer_images_than_a_batch_is_an_error():
         ImageBatches(np.zeros((3, 2, 2, 1), "float32"), 8)
 
 
+@pytest.mark.slow
 def test_validation_through_the_fit_input_averages_every_batch(recwarn):
     """An untrained network predicts zero noise, so the validation noise MAE is E|N(0, 1)| = 0.798."""
     from diffusion_keras import backend

@@ -13,6 +13,8 @@ from diffusion_keras import backend, distributed
 from diffusion_keras.cli import train
 from diffusion_keras.errors import UsageError
 
+pytestmark = pytest.mark.slow  # trains through the command line or in other processes
+
 TWO_DEVICES = textwrap.dedent("""
     import json, os, sys
     import numpy as np

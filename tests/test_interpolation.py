@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from diffusion_keras.interpolation import interpolation_images, spherical_interpolation
 
@@ -30,6 +31,7 @@ def test_interpolation_strip_has_one_image_per_frame(trained_model):
     assert not np.allclose(frames[0], frames[-1])
 
 
+@pytest.mark.slow
 def test_interpolation_ends_are_the_seeds_first_two_images_with_the_chosen_sampler(trained_model):
     for sampling in ({"sampler": "ddim", "spacing": "quadratic"}, {"sampler": "heun"}):
         frames = interpolation_images(trained_model, 3, 3, seed=4, **sampling)

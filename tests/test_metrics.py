@@ -77,6 +77,7 @@ def test_kid_metric_averages_batches_and_resets():
     assert float(kid.result()) == 0.0
 
 
+@pytest.mark.slow
 def test_inception_extractor_with_random_weights_is_seeded_and_takes_tiny_grayscale_images():
     images = np.random.default_rng(0).random((3, 16, 16, 1)).astype("float32")
     first = metrics.inception_extractor(channels=1, image_size=75, weights=None)

@@ -21,6 +21,7 @@ def test_ema_network_starts_as_an_exact_copy():
     assert not model.ema_network.trainable_weights
 
 
+@pytest.mark.slow
 def test_ema_tracks_the_online_weights_inside_the_train_step(tiny_images):
     model = DiffusionModel(ema=0.5, ema_warmup=0.0, seed=0, **TINY)
     model.normalizer.adapt(tiny_images)
@@ -52,6 +53,7 @@ def test_sampling_with_the_same_seed_is_deterministic(trained_model):
     assert not np.allclose(first, other)
 
 
+@pytest.mark.slow
 def test_generate_in_batches_matches_one_batch(trained_model):
     noise = trained_model.initial_noise(6, seed=3)
     whole = trained_model.generate(6, 4, initial_noise=noise)
@@ -70,6 +72,7 @@ def test_generating_many_images_shows_progress_unless_quiet(trained_model, capsy
     assert "images/s" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_save_and_load_give_identical_samples(trained_model, tmp_path):
     path = str(tmp_path / "model.keras")
     trained_model.save(path)
@@ -120,6 +123,7 @@ DDPM_TINY = {**TINY, "formulation": "ddpm", "timesteps": 50, "prediction": "v",
              "norm": "group", "embedding": "every", "dropout": 0.1}
 
 
+@pytest.mark.slow
 def test_ddpm_formulation_trains_on_integer_timesteps_and_round_trips(tiny_images, tmp_path):
     model = DiffusionModel(seed=0, **DDPM_TINY)
     assert model.get_config()["schedule"] == "linear"
@@ -183,6 +187,7 @@ def test_bad_sampler_settings_are_rejected_before_compiling(trained_model):
         trained_model.generate(2, 3, spacing="cubic")
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_samples_and_round_trips(tiny_images, tmp_path):
     from diffusion_keras.config import ModelConfig, OptimizationConfig
     from diffusion_keras.training import build_model
@@ -204,6 +209,7 @@ def test_mixed_precision_trains_samples_and_round_trips(tiny_images, tmp_path):
     np.testing.assert_allclose(loaded.generate(2, 3, seed=0), samples, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ema_warm_up_follows_the_online_weights_from_the_first_update(tiny_images):
     """Momentum min(ema, 1 - (1 + n)^-p) after n updates: 0 for the first, so the EMA network
     starts from the current weights instead of holding on to the initial ones."""
@@ -225,6 +231,7 @@ def test_ema_warm_up_follows_the_online_weights_from_the_first_update(tiny_image
     assert float(np.asarray(model.training_steps)) == 3.0
 
 
+@pytest.mark.slow
 def test_ema_updates_once_per_optimizer_update_when_accumulating(tiny_images):
     from diffusion_keras.config import ModelConfig, OptimizationConfig
     from diffusion_keras.training import build_model

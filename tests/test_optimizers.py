@@ -70,6 +70,7 @@ class AppliedRates(keras.callbacks.Callback):
             self.rates.append(float(self.model.optimizer.learning_rate))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_the_learning_rate_follows_the_intended_curve_per_update(tiny_images, accumulate):
     """Warm-up then cosine decay, in optimizer updates, whatever the gradient accumulation: Keras

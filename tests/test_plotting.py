@@ -22,9 +22,14 @@ def test_loss_curves_from_log_json_plot_each_loss_once(tmp_path):
     log.write_text(json.dumps(LOG))
     figure = plotting.plot_losses(str(log), save_to=str(tmp_path / "losses.png"))
     labels = sorted(line.get_label() for line in figure.axes[0].get_lines())
-    assert labels == ["image_loss", "noise_loss", "val_image_loss", "val_noise_loss"]
+    assert labels == ["image_loss", "loss", "noise_loss", "val_image_loss", "val_loss",
+                      "val_noise_loss"]
     axis = figure.axes[0]
-    assert axis.get_xlabel() == "epoch" and "error" in axis.get_ylabel() and axis.get_title()
+    assert axis.get_xlabel() == "epoch" and "held-out images" in axis.get_title()
+    without_validation = [{key: value for key, value in row.items() if not key.startswith("val_")}
+                          for row in LOG]
+    figure = plotting.plot_losses(without_validation)
+    assert "held-out" not in figure.axes[0].get_title()
     assert Image.open(tmp_path / "losses.png").format == "PNG"
 
 

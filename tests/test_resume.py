@@ -23,6 +23,8 @@ from diffusion_keras.cli import train
 from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # trains through the command line or in other processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI_SETTINGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8",
                 "--validation-split", "0.2", "--epochs", "3"]

@@ -67,6 +67,7 @@ def write_mixed_folder(folder):
     return len(good), len(bad)
 
 
+@pytest.mark.slow
 def test_mixed_folder_trains_on_exactly_the_good_files(tmp_path, caplog, capsys):
     good, bad = write_mixed_folder(tmp_path / "data")
     with caplog.at_level(logging.WARNING, logger="diffusion_keras"):
@@ -104,6 +105,7 @@ class PoisonWeights(keras.callbacks.Callback):
             kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tiny_images, tmp_path):
     run_dir = runs.prepare_run_dir(str(tmp_path / "run"))
     with pytest.raises(Diverged) as error:
@@ -138,6 +140,7 @@ class ExplodeEMA(keras.callbacks.Callback):
         self.epoch = epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("explosion, what", [
     ("weights", "loss="), ("ema", "the EMA network samples non-finite images")])
 def test_a_finite_but_diverged_run_stops_before_saving_it(explosion, what, tiny_images, tmp_path):
@@ -165,6 +168,7 @@ def test_a_finite_but_diverged_run_stops_before_saving_it(explosion, what, tiny_
     assert np.isfinite(kept.generate(2, 3, seed=0, verbose=False)).all()
 
 
+@pytest.mark.slow
 def test_generating_from_a_diverged_checkpoint_is_one_line(tiny_images, tmp_path, capsys):
     from diffusion_keras import DiffusionModel
     from diffusion_keras.cli import generate
@@ -194,6 +198,7 @@ def test_unwritable_run_folder_fails_before_the_data_is_read(tmp_path, capsys):
     assert "does not exist" not in err  # the data folder was never looked at
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_saved_epochs_and_says_how_to_resume(
         tiny_folder, tmp_path, monkeypatch, capsys):
     save = keras.Model.save

@@ -109,6 +109,7 @@ def test_ddim_with_eta_one_is_ancestral_sampling():
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddpm_matches_its_exact_output_mean_and_variance():
     """Every DDPM step is linear in the state plus fresh Gaussian noise when the denoiser is the
     oracle, so the output's mean and variance follow exactly; 2 steps, 40 seeds x 4000 pixels,

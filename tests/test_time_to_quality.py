@@ -10,6 +10,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import pytest  # noqa: E402
 import time_to_quality  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains through the command line or in other processes
+
 
 def test_two_recipes_are_trained_scored_and_reported(tiny_folder, tmp_path):
     prefix = str(tmp_path / "ttq")
