@@ -28,9 +28,10 @@ class ImageGenerator(keras.callbacks.Callback):
     """Every `every` epochs, sample a fixed-seed grid with the EMA network and save it as PNG.
 
     The seed is fixed so grids from different epochs show the same noises: progress is comparable.
+    The default 4 x 4 grid has `ProcessPlots`' 16 images, so both run one compiled sampler.
     """
 
-    def __init__(self, run_dir=None, every=1, num_rows=3, num_cols=6, diffusion_steps=20, seed=0,
+    def __init__(self, run_dir=None, every=1, num_rows=4, num_cols=4, diffusion_steps=20, seed=0,
                  show=False):
         super().__init__()
         self.run_dir = run_dir
@@ -235,15 +236,12 @@ class ProcessPlots(keras.callbacks.Callback):
         save_image_grid(self.untrained, os.path.join(self.folder, "samples_untrained.png"))
 
     def on_train_end(self, logs=None):
-        trained = None
-        if self.untrained is not None:
-            trained = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
+        # one sampling pass: its last clean-image estimate is the trained grid `generate` returns
+        frames = reverse_process(self.model, self.num_images, self.diffusion_steps, self.seed)
         if self.folder is None:
-            reverse_process(self.model, self.num_images, self.diffusion_steps, self.seed)
             return
         os.makedirs(self.folder, exist_ok=True)
-        if trained is not None:
-            plot_before_after(self.untrained, trained,
+        if self.untrained is not None:
+            plot_before_after(self.untrained, frames[1][-1],
                               os.path.join(self.folder, "samples_untrained_vs_trained.png"))
-        save_reverse_process(self.model, self.folder, self.num_images, self.diffusion_steps,
-                             self.seed)
+        save_reverse_process(frames, self.folder)

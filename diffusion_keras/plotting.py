@@ -239,18 +239,16 @@ def save_gif(pictures, path, duration=120, final_hold=1000):
     return path
 
 
-def save_reverse_process(model, folder, num_images=16, diffusion_steps=20, seed=0, num_columns=8,
-                         **sampling):
+def save_reverse_process(frames, folder, num_columns=8):
     """`reverse_process.gif` (the grid denoised step by step, then the final images) and
     `reverse_process_x0.png` (rows: a few images; columns: the clean-image estimate along the steps,
-    labelled with their times)."""
-    noisy_frames, pred_frames, times = reverse_process(model, num_images, diffusion_steps, seed,
-                                                       **sampling)
+    labelled with their times), from `reverse_process`'s frames."""
+    noisy_frames, pred_frames, times = frames
     pictures = [image_grid(frame) for frame in noisy_frames] + [image_grid(pred_frames[-1])]
     gif = save_gif(pictures, os.path.join(folder, "reverse_process.gif"))
     steps = len(pred_frames)  # the DDPM grid may merge steps that round to one timestep
     columns = np.unique(np.linspace(0, steps - 1, min(num_columns, steps)).round()).astype(int)
-    rows = min(num_images, 4)
+    rows = min(pred_frames.shape[1], 4)
     png = os.path.join(folder, "reverse_process_x0.png")
     plot_image_table([pred_frames[column, :rows] for column in columns],
                      [f"t = {times[column]:.2f}" for column in columns],

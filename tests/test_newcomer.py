@@ -161,6 +161,8 @@ def test_the_run_says_how_many_images_train_and_how_many_score(tiny_folder):
                               "network each epoch; best.keras is the lowest validation loss)")
     assert "none held out: 5% of them would be fewer than 8, so best.keras is the lowest " \
            "training loss" in what_is_trained(images, config_from_args(parser().parse_args([])))
+    assert "none held out (--validation-split 0)" in what_is_trained(
+        images, config_from_args(parser().parse_args(["--validation-split", "0"])))
 
 
 def test_a_cache_folder_that_cannot_be_written_is_one_line(tiny_folder, tmp_path):

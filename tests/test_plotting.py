@@ -70,8 +70,8 @@ def test_reverse_process_ends_where_the_compiled_sampler_ends(trained_model):
 @pytest.mark.parametrize("sampling", [{}, {"sampler": "heun"}, {"sampler": "ddpm"}])
 def test_reverse_process_gif_has_one_frame_per_step_plus_the_result(trained_model, tmp_path,
                                                                     sampling):
-    gif, png = plotting.save_reverse_process(trained_model, str(tmp_path), num_images=4,
-                                             diffusion_steps=5, num_columns=3, **sampling)
+    frames = plotting.reverse_process(trained_model, 4, diffusion_steps=5, **sampling)
+    gif, png = plotting.save_reverse_process(frames, str(tmp_path), num_columns=3)
     animation = Image.open(gif)
     assert animation.n_frames == 6 and animation.info["loop"] == 0
     assert min(animation.size) >= plotting.MIN_PICTURE_SIDE  # 16-pixel images are not a dot

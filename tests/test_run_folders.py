@@ -24,9 +24,10 @@ CLI_SETTINGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_folder, tmp_path_factory):
+    """One epoch with a cosine learning rate (which decays to 0 at its last epoch)."""
     run_dir = tmp_path_factory.mktemp("runs") / "a"
     assert train.main(["--data-dir", str(tiny_folder), "--run-dir", str(run_dir), "--epochs", "1",
-                       *CLI_SETTINGS]) == 0
+                       "--learning-rate-schedule", "cosine", *CLI_SETTINGS]) == 0
     return run_dir
 
 
@@ -127,11 +128,10 @@ def test_a_dangling_link_as_output_is_one_line_before_sampling(finished_run, tmp
     assert len(error.splitlines()) == 1 and "link to nothing" in error
 
 
-def test_resuming_a_cosine_run_with_more_epochs_is_refused(tiny_folder, tmp_path, capsys):
-    run_dir = tmp_path / "cosine"
-    assert train.main(["--data-dir", str(tiny_folder), "--run-dir", str(run_dir), "--epochs", "1",
-                       "--learning-rate-schedule", "cosine", *CLI_SETTINGS]) == 0
-    assert train.main(["--resume", str(run_dir), "--epochs", "3"]) == 2
+def test_resuming_a_cosine_run_with_more_epochs_is_refused(finished_run, capsys):
+    before = snapshot(finished_run)
+    assert train.main(["--resume", str(finished_run), "--epochs", "3"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert "decays its learning rate to 0 at epoch 1" in error and "start a new run" in error
+    assert snapshot(finished_run) == before

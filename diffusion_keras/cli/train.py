@@ -263,6 +263,8 @@ def what_is_trained(images, config):
     if held_out is not None:
         validation = (f"{len(held_out)} more held out to score the EMA network each epoch; "
                       "best.keras is the lowest validation loss")
+    elif not run.validation_split:
+        validation = "none held out (--validation-split 0), so best.keras is the lowest training loss"
     else:
         validation = (f"none held out: {run.validation_split:.0%} of them would be fewer than "
                       f"{MIN_VALIDATION_IMAGES}, so best.keras is the lowest training loss")
