@@ -99,8 +99,9 @@ PRESET_PARAMETERS = {"cifar": 2_078_467, "ddpm-cifar": 35_800_259, "64px": 16_87
 
 
 def default_cache_dir(kind):
-    """Where prepared images ("images") and real-image statistics ("reference") are kept between
-    runs: $XDG_CACHE_HOME/diffusion_keras/KIND, by default under ~/.cache."""
+    """Where prepared images ("images"), real-image statistics ("reference") and JAX's compiled
+    programs ("compiled") are kept between runs: $XDG_CACHE_HOME/diffusion_keras/KIND, by default
+    under ~/.cache."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(root, "diffusion_keras", kind)
 

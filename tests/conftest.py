@@ -10,6 +10,12 @@ from diffusion_keras.demo_images import write_shapes
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # prepared images and reference statistics go to a throwaway cache, not the user's ~/.cache
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="diffusion_keras_test_cache_")
+# JAX's compiled programs, shared by every test process of one run (xdist workers and the JAX
+# processes they start), however short they took to compile: the tiny models compile in seconds
+RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
+                                                       f"diffusion_keras_test_jax_{RUN}")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 TINY = {"image_size": 16, "widths": (8, 16), "block_depth": 1, "embedding_dims": 8}
 

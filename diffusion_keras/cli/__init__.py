@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 
+from diffusion_keras.config import default_cache_dir
 from diffusion_keras.errors import UsageError
 from diffusion_keras.quiet import quiet_native_logs
 
@@ -108,6 +109,8 @@ def run(main_body, args, what="the command"):
     says what it saved itself), not a traceback. In a multi-host run a process that fails ends
     the others (`distributed.end_process`)."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    # JAX keeps compiled programs there: a second run of the same model skips XLA's compilation
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_cache_dir("compiled"))
     try:
         with quiet_native_logs():
             import keras  # noqa: F401 (loads the backend quietly, once)
