@@ -19,7 +19,9 @@ import sys
 
 import numpy as np
 
-DETERMINISTIC = ("ddim", "dpmpp2m", "dpmpp3m", "heun")
+from diffusion_keras.samplers import SAMPLERS
+
+DETERMINISTIC = [name for name, sampler in SAMPLERS.items() if not sampler.is_stochastic({})]
 
 
 def parser():
@@ -38,10 +40,6 @@ def parser():
     return p
 
 
-def steps_for(sampler, calls):
-    return (calls + 1) // 2 if sampler == "heun" else calls
-
-
 def oracle_errors(args, calls):
     from keras import ops
 
@@ -58,7 +56,7 @@ def oracle_errors(args, calls):
             for spacing in args.spacings.split(","):
                 errors = {}
                 for count in calls:
-                    times = samplers.sampling_times(steps_for(sampler, count), spacing, table)
+                    times = samplers.sampling_times(SAMPLERS[sampler].steps_for(count), spacing, table)
                     sample = samplers.get_sampler(sampler)
                     run = backend.compile_function(
                         lambda x, times=times, sample=sample, schedule=schedule: sample(
@@ -84,7 +82,7 @@ def model_errors(args, calls):
         for spacing in args.spacings.split(","):
             errors = {}
             for count in calls:
-                images = model.generate(args.num_images, steps_for(sampler, count), seed=args.seed,
+                images = model.generate(args.num_images, SAMPLERS[sampler].steps_for(count), seed=args.seed,
                                         sampler=sampler, spacing=spacing)
                 errors[count] = float(np.sqrt(np.mean(np.square(images - reference))))
             rows.append({"schedule": model.config.schedule, "sampler": sampler, "spacing": spacing,

@@ -68,13 +68,13 @@ def main(argv=None):
             sampling["spacing"] = args.spacing
         results[name] = {}
         for nfe in nfes:
-            steps = (nfe + 1) // 2 if sampling["sampler"] == "heun" else nfe
+            steps = samplers.SAMPLERS[sampling["sampler"]].steps_for(nfe)
             result = evaluate(args.checkpoint, args.num_images, steps, data_dir=args.real_dir,
                               inception_weights=weights, kid_images=args.num_images,
                               batch_size=args.batch_size, seed=args.seed, features=args.features,
                               sampling=sampling)
             metric_names = METRIC_NAMES[result["features"]]
-            calls = samplers.network_evaluations(sampling["sampler"], steps)
+            calls = samplers.SAMPLERS[sampling["sampler"]].network_evaluations(steps)
             results[name][str(calls)] = {key: result[key] for key in metric_names}
             print(name, calls, results[name][str(calls)], flush=True)
     prefix = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),

@@ -151,7 +151,16 @@ class ExtraAverages:
 
     def __init__(self, powers, maximum):
         self.powers = {f"ema-p{power:g}": power for power in powers}
-        self.maximum, self.averages, self.updates = maximum, {}, 0
+        self.maximum, self.averages, self.updates, self.networks = maximum, {}, 0, {}
+
+    def network(self, name, model):
+        """A network of the model's architecture holding average `name` (one kept per name)."""
+        import keras
+
+        if name not in self.networks:
+            self.networks[name] = keras.models.clone_model(model.ema_network)
+        self.networks[name].set_weights(self.averages[name])
+        return self.networks[name]
 
     def update(self, weights):
         from diffusion_keras.model import ema_momentum
@@ -165,20 +174,13 @@ class ExtraAverages:
 
 
 def sample(model, noises, args, network, extra=None):
-    """{(grid, calls): images} for every --spacing and --steps, from the EMA network or from other
-    weights lent to it for the while: the online network's ("online") or an extra average's
-    ("ema-pP")."""
-    kept = model.ema_network.get_weights()
-    if network != "ema":
-        model.ema_network.set_weights(model.network.get_weights() if network == "online"
-                                      else extra.averages[network])
-    try:
-        return {(spacing, calls): model.generate(len(noises), calls, initial_noise=noises,
-                                                 sampler=args.sampler, spacing=spacing,
-                                                 verbose=False)
-                for spacing in args.spacing for calls in args.steps}
-    finally:
-        model.ema_network.set_weights(kept)
+    """{(grid, calls): images} for every --spacing and --steps, from the EMA network, the online
+    network ("online") or an extra average's ("ema-pP", `ExtraAverages.network`)."""
+    chosen = extra.network(network, model) if network.startswith("ema-p") else network
+    return {(spacing, calls): model.generate(len(noises), calls, initial_noise=noises,
+                                             sampler=args.sampler, spacing=spacing, verbose=False,
+                                             network=chosen)
+            for spacing in args.spacing for calls in args.steps}
 
 
 def train_recipe(name, images, scorer, noises, args, record):

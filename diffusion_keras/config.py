@@ -37,8 +37,6 @@ SAMPLER_NAMES = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm", "heun")
 SPACINGS = ("uniform", "quadratic", "karras", "log_snr")
 VARIANCES = ("posterior", "beta")
 DEFAULT_SAMPLER = "dpmpp2m"
-DEFAULT_SPACINGS = {"ddim": "uniform", "ddpm": "uniform", "dpmpp2m": "log_snr",
-                    "dpmpp3m": "log_snr", "heun": "karras"}
 
 # What a formulation means when a setting is left at None (Ho et al. 2020; Lipman et al. 2023 and
 # Esser et al. 2024 for flow: the straight path between data and noise, velocity target, MSE,

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from diffusion_keras import backend, cifar10_features, distributed, metrics, runs, samplers, seeding
-from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, default_cache_dir
+from diffusion_keras.config import DEFAULT_SAMPLER, default_cache_dir
 from diffusion_keras.data import open_images, preprocess
 from diffusion_keras.errors import UsageError
 
@@ -192,8 +192,9 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
         result.update(inception_weights=key["inception_weights"], inception_size=inception_size)
     result["path"] = result_path(
         checkpoint, num_images, feature_space_name(features, inception_weights, inception_size),
-        samplers.sampling_name({"spacing": DEFAULT_SPACINGS[sampling["sampler"]], **sampling},
-                      diffusion_steps, seed))
+        samplers.sampling_name(
+            {"spacing": samplers.SAMPLERS[sampling["sampler"]].default_spacing, **sampling},
+            diffusion_steps, seed))
     if distributed.is_writer():
         runs.write_json(result["path"], result)
     return result

@@ -25,11 +25,13 @@ from diffusion_keras import (  # noqa: F401
     seeding,
     targets,
 )
-from diffusion_keras.config import DEFAULT_SAMPLER, DEFAULT_SPACINGS, ModelConfig
+from diffusion_keras.config import DEFAULT_SAMPLER, ModelConfig
 from diffusion_keras.errors import NonFiniteSamples, UsageError
 from diffusion_keras.guidance import check_guidance, guided_denoiser
 from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
 from diffusion_keras.unet import build_unet
+
+NETWORKS = ("ema", "online")  # the weights `denoise` and `generate` can use, besides a network
 
 EDM_LOG_SIGMA_MEAN = -1.2 + math.log(2.0)  # Karras et al.'s P_mean for sigma_data 0.5; ours is 1
 EDM_LOG_SIGMA_STD = 1.2
@@ -126,11 +128,13 @@ class DiffusionModel(keras.Model):
                                  f"(or indices 0-{len(names) - 1})")
         return indices
 
-    def denoise(self, noisy_images, noise_rates, signal_rates, training=False, labels=None):
-        """Predict noise and clean image; the online network when training, else the EMA network.
+    def denoise(self, noisy_images, noise_rates, signal_rates, training=False, labels=None,
+                network=None):
+        """Predict noise and clean image with `network` (`network_for`: "ema", "online" or a
+        network of this architecture; default: the online network when training, else the EMA).
         A class-conditional network takes `labels`, class indices (batch,); without them it
         predicts unconditionally (the no-class token)."""
-        network = self.network if training else self.ema_network
+        network = self.network_for(network or ("online" if training else "ema"))
         inputs = [ops.convert_to_tensor(noisy_images), ops.convert_to_tensor(noise_rates) ** 2]
         if self.config.class_names:
             if labels is None:
@@ -141,6 +145,17 @@ class DiffusionModel(keras.Model):
         outputs = network(inputs, training=training)
         return targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates,
                                             self.config.prediction)
+
+    def network_for(self, network):
+        """"ema" (the averaged weights, what sampling uses by default), "online" (the weights the
+        optimizer trains) or a Keras network of the same architecture (other weights, such as an
+        extra average), so callers choose weights instead of swapping them into `ema_network`."""
+        if isinstance(network, keras.Model):
+            return network
+        if network not in NETWORKS:
+            raise UsageError(f"unknown network {network!r}; choose one of {list(NETWORKS)} or pass "
+                             "a Keras network of this model's architecture")
+        return self.ema_network if network == "ema" else self.network
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """Keras' `fit`, after `check_training_data` has looked at the first batch."""
@@ -293,15 +308,17 @@ class DiffusionModel(keras.Model):
         return samplers.sampling_times(diffusion_steps, spacing, self.log_sigma_table, timesteps)
 
     def reverse_diffusion(self, initial_noise, diffusion_times, sampler=DEFAULT_SAMPLER,
-                          step_seeds=None, callback=None, labels=None, guidance=None, **options):
-        """Pure noise to normalised images with the EMA network, any sampler (see `samplers`) and
-        the times from `sampling_times`; towards `labels` (None: unconditional), guided by
-        `guidance` (None: not guided, i.e. w = 1)."""
+                          step_seeds=None, callback=None, labels=None, guidance=None, network="ema",
+                          **options):
+        """Pure noise to normalised images with `network` (`network_for`), any sampler (see
+        `samplers`) and the times from `sampling_times`; towards `labels` (None: unconditional),
+        guided by `guidance` (None: not guided, i.e. w = 1)."""
         sample = samplers.get_sampler(sampler, **options)
+        denoise = functools.partial(self.denoise, network=network)
         if guidance is None:
-            denoise = functools.partial(self.denoise, labels=labels)
+            denoise = functools.partial(denoise, labels=labels)
         else:
-            denoise = guided_denoiser(self.denoise, labels, guidance, self.null_label)
+            denoise = guided_denoiser(denoise, labels, guidance, self.null_label)
         return sample(denoise, initial_noise, diffusion_times, self.diffusion_schedule,
                       step_seeds=step_seeds, callback=callback)
 
@@ -312,11 +329,12 @@ class DiffusionModel(keras.Model):
 
     def generate(self, num_images, diffusion_steps=20, initial_noise=None, seed=None,
                  batch_size=None, sampler=DEFAULT_SAMPLER, spacing=None, callback=None,
-                 verbose="auto", first_image=0, labels=None, guidance=1.0, **options):
+                 verbose="auto", first_image=0, labels=None, guidance=1.0, network="ema",
+                 **options):
         """Sample `num_images` images in [0, 1] as a NumPy array (N, H, W, C), batch by batch.
 
         `sampler` is a name in `samplers.SAMPLERS`, `options` its settings (eta, variance),
-        `spacing` its time grid (default: the sampler's best, `DEFAULT_SPACINGS`). One seed
+        `spacing` its time grid (default: the sampler's `default_spacing`). One seed
         per image: image i is a function of (seed, first_image + i) and these settings only, whatever
         `batch_size` (default: this device's fastest) or `num_images`; `initial_noise` replaces the
         seeded starting noise (interpolation). `callback(step, time, noisy_images, pred_images)`
@@ -328,10 +346,14 @@ class DiffusionModel(keras.Model):
         each network call on the batch doubled, see `guidance.guided_denoiser`). Labels and guidance
         are inputs of the compiled loop, so a guidance sweep compiles once, and they leave each
         image's seeded noise as it is: image i of a seed starts from the same noise whatever the
-        class or guidance.
+        class or guidance. `network`: the weights that sample (`network_for`; default the EMA).
+        An unseeded call draws a fresh seed from the operating system, never from the training
+        random stream (which it would move).
         """
-        spacing = spacing or DEFAULT_SPACINGS.get(sampler, "uniform")
-        samplers.get_sampler(sampler, **options)  # bad settings fail here, before any work
+        record = samplers.sampler_record(sampler)
+        record.bind(**options)  # bad settings fail here, before any work
+        spacing = spacing or record.default_spacing
+        chosen = self.network_for(network)
         times = self.sampling_times(diffusion_steps, spacing)
         if initial_noise is not None:
             initial_noise = np.asarray(ops.convert_to_numpy(initial_noise), dtype="float32")
@@ -349,18 +371,18 @@ class DiffusionModel(keras.Model):
                              "indices of a class-conditional model), or leave guidance at 1")
         guidance = np.array(guidance, "float32") if guidance != 1 else None  # w = 1: one call
         if seed is None:
-            seed = int(ops.convert_to_numpy(
-                keras.random.randint((), 0, 2**31 - 1, seed=self.seed_generator)))
+            seed = int(np.random.default_rng().integers(2**31 - 1))
         seeding.check_seed(seed)
         batch_size = distributed.batch_size_for_devices(  # split over the devices, if several
             min(batch_size or backend.default_sample_batch_size(), num_images))
-        stochastic = samplers.is_stochastic(sampler, options)  # else no step seeds to draw
+        stochastic = record.is_stochastic(options)  # else no step seeds to draw
         if callback is None:
-            sample = self._compiled_sampler(times, sampler, options)
+            sample = self._compiled_sampler(times, sampler, options, chosen)
         else:
             def sample(noise, step_seeds, labels, guidance):
                 return self.denormalize(self.reverse_diffusion(
-                    noise, times, sampler, step_seeds, callback, labels, guidance, **options))
+                    noise, times, sampler, step_seeds, callback, labels, guidance, chosen,
+                    **options))
         show = num_images > batch_size if verbose == "auto" else bool(verbose)
         progress = keras.utils.Progbar(num_images, unit_name="image",
                                        stateful_metrics=["images/s"]) if show else None
@@ -409,16 +431,16 @@ class DiffusionModel(keras.Model):
                              f"0-{self.null_label - 1} ({list(self.config.class_names)})")
         return labels.astype("int32")
 
-    def _compiled_sampler(self, diffusion_times, sampler, options):
-        """One compiled function per sampler setting: the whole sampling loop, then
+    def _compiled_sampler(self, diffusion_times, sampler, options, network):
+        """One compiled function per sampler setting and network: the whole sampling loop, then
         denormalisation; `labels` and `guidance` are its inputs (None: none, compiled apart)."""
-        key = (tuple(diffusion_times.tolist()), sampler, tuple(sorted(options.items())))
+        key = (tuple(diffusion_times.tolist()), sampler, tuple(sorted(options.items())), network)
         if key not in self._samplers:
             def sample(initial_noise, step_seeds, labels, guidance):
                 return self.denormalize(self.reverse_diffusion(
                     initial_noise, diffusion_times, sampler, step_seeds, None, labels, guidance,
-                    **options))
+                    network, **options))
 
-            variables = self.ema_network.variables + self.normalizer.variables
+            variables = network.variables + self.normalizer.variables
             self._samplers[key] = backend.compile_function(sample, variables)
         return self._samplers[key]

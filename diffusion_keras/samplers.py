@@ -20,8 +20,8 @@ run eagerly instead, one call per network call's input and estimate (GIFs, x0 st
 Arithmetic is float32; images are in the model's normalised space.
 """
 
+import dataclasses
 import functools
-import inspect
 
 import numpy as np
 from keras import ops
@@ -230,36 +230,66 @@ def heun(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, 
     return run_steps(step, denoise, initial_noise, diffusion_times, schedule, callback=callback)
 
 
-SAMPLERS = {"dpmpp2m": dpmpp_2m, "dpmpp3m": dpmpp_3m, "ddim": ddim, "ddpm": ddpm, "heun": heun}
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Everything the library, the CLIs and the benchmarks need to know about one sampler."""
+
+    name: str
+    function: object  # sampler(denoise, initial_noise, diffusion_times, schedule, *, ...)
+    description: str  # for --help
+    default_spacing: str  # the grid it is most accurate on (BENCHMARKS.md, "Samplers")
+    options: tuple = ()  # (name, default) of its settings
+    stochastic: object = False  # True, or the option that makes it so when positive (DDIM's eta)
+    calls_per_step: int = 1  # Heun: two (a predictor and a corrector call)
+
+    def bind(self, **options):
+        """The function with `options` bound, checked eagerly (before any compilation)."""
+        unknown = set(options) - {name for name, _ in self.options}
+        if unknown:
+            raise UsageError(f"sampler {self.name!r} takes no option(s) {sorted(unknown)}")
+        if not 0.0 <= options.get("eta", 0.0) <= 1.0:
+            raise UsageError(f"eta must be in [0, 1], got {options['eta']}")
+        if options.get("variance", "posterior") not in VARIANCES:
+            raise UsageError(f"unknown DDPM variance {options['variance']!r}; choose one of "
+                             f"{list(VARIANCES)}")
+        return functools.partial(self.function, **options)
+
+    def is_stochastic(self, options):
+        """Whether it draws fresh noise at each step (and so reads `step_seeds`)."""
+        if isinstance(self.stochastic, str):
+            return options.get(self.stochastic, 0.0) > 0.0
+        return self.stochastic
+
+    def network_evaluations(self, steps):
+        """Denoiser calls for `steps` grid times (the last time's estimate is one call), for fair
+        comparisons: Heun makes two per step between them."""
+        return self.calls_per_step * (steps - 1) + 1
+
+    def steps_for(self, calls):
+        """The most steps whose `network_evaluations` stay within `calls`."""
+        return (calls - 1) // self.calls_per_step + 1
 
 
-def is_stochastic(name, options):
-    """Whether the sampler draws fresh noise at each step (and so reads `step_seeds`)."""
-    return name == "ddpm" or (name == "ddim" and options.get("eta", 0.0) > 0.0)
+# the names are also config.SAMPLER_NAMES, which the command lines read without loading Keras
+SAMPLERS = {sampler.name: sampler for sampler in (
+    Sampler("dpmpp2m", dpmpp_2m, "DPM-Solver++(2M)", "log_snr"),
+    Sampler("dpmpp3m", dpmpp_3m, "DPM-Solver++(3M)", "log_snr"),
+    Sampler("ddim", ddim, "DDIM", "uniform", (("eta", 0.0),), stochastic="eta"),
+    Sampler("ddpm", ddpm, "ancestral", "uniform", (("variance", "posterior"),), stochastic=True),
+    Sampler("heun", heun, "2 network calls a step", "karras", calls_per_step=2),
+)}
+
+
+def sampler_record(name):
+    """The `Sampler` registered under `name`, or a one-line error naming the known ones."""
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler {name!r}; choose one of {list(SAMPLERS)}")
+    return SAMPLERS[name]
 
 
 def get_sampler(name, **options):
-    """The sampler registered under `name` with `options` bound, checked here (eagerly, before any
-    compilation) with a clear error for unknown names and bad values."""
-    if name not in SAMPLERS:
-        raise UsageError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    parameters = inspect.signature(SAMPLERS[name]).parameters
-    settings = {key for key, parameter in parameters.items()
-                if parameter.kind == parameter.KEYWORD_ONLY} - {"step_seeds", "callback"}
-    unknown = set(options) - settings
-    if unknown:
-        raise UsageError(f"sampler {name!r} takes no option(s) {sorted(unknown)}")
-    if not 0.0 <= options.get("eta", 0.0) <= 1.0:
-        raise UsageError(f"eta must be in [0, 1], got {options['eta']}")
-    if options.get("variance", "posterior") not in VARIANCES:
-        raise UsageError(f"unknown DDPM variance {options['variance']!r}; choose one of {list(VARIANCES)}")
-    return functools.partial(SAMPLERS[name], **options)
-
-
-def network_evaluations(name, steps):
-    """Denoiser calls a sampler makes for `steps` grid times (Heun: two per step between them, one
-    for the final estimate), for fair comparisons."""
-    return 2 * steps - 1 if name == "heun" else steps
+    """The sampler registered under `name` with `options` bound and checked."""
+    return sampler_record(name).bind(**options)
 
 
 def sampling_name(sampling, steps, seed):

@@ -11,8 +11,8 @@ from PIL import Image
 
 from diffusion_keras import backend
 from diffusion_keras.cli import generate, train
-from diffusion_keras.config import DEFAULT_SPACINGS
 from diffusion_keras.errors import UsageError
+from diffusion_keras.samplers import SAMPLERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8"]
@@ -57,7 +57,7 @@ def test_generate_writes_grid_interpolation_and_metadata(trained_run, tmp_path):
     assert sorted(map(os.path.basename, metadata["files"])) == sorted(
         name for name in names if not name.endswith(".json"))
     assert metadata["steps"] == 3 and metadata["sampler"] == "dpmpp2m"
-    assert metadata["spacing"] == DEFAULT_SPACINGS["dpmpp2m"]
+    assert metadata["spacing"] == SAMPLERS["dpmpp2m"].default_spacing
     assert metadata["batch_size"] == backend.default_sample_batch_size()
 
 

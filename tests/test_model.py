@@ -295,3 +295,27 @@ def test_min_snr_weights_cap_the_clean_image_weight_at_gamma():
     snrs = (signal_rates / noise_rates) ** 2
     weights = keras.ops.convert_to_numpy(model.min_snr_weights(noise_rates, signal_rates))
     np.testing.assert_allclose(weights, np.minimum(snrs, 5.0) / snrs, rtol=1e-5)  # epsilon space
+
+
+def test_generate_samples_with_the_network_asked_for(trained_model):
+    """"online" samples the trained weights, "ema" their average, a network of the architecture its
+    own weights: chosen, not swapped in, so the EMA is left as it was."""
+    ema = [np.array(weight) for weight in trained_model.ema_network.get_weights()]
+    online = trained_model.generate(3, 3, seed=2, network="online", verbose=False)
+    averaged = trained_model.generate(3, 3, seed=2, verbose=False)
+    assert np.abs(online - averaged).max() > 1e-3, "the online and EMA weights differ"
+    copy = keras.models.clone_model(trained_model.network)
+    copy.set_weights(trained_model.network.get_weights())
+    np.testing.assert_allclose(trained_model.generate(3, 3, seed=2, network=copy, verbose=False),
+                               online, atol=1e-5)
+    for kept, now in zip(ema, trained_model.ema_network.get_weights()):
+        np.testing.assert_array_equal(kept, now)
+    with pytest.raises(UsageError, match="unknown network 'best'; choose one of \\['ema', 'online'\\]"):
+        trained_model.generate(3, 3, network="best")
+
+
+def test_an_unseeded_generate_leaves_the_training_random_stream_alone(trained_model):
+    state = np.array(trained_model.seed_generator.state)
+    first, second = (trained_model.generate(2, 2, verbose=False) for _ in range(2))
+    np.testing.assert_array_equal(np.array(trained_model.seed_generator.state), state)
+    assert np.abs(first - second).max() > 1e-3, "each unseeded call draws its own seed"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from diffusion_keras import plotting
-from diffusion_keras.config import DEFAULT_SPACINGS
+from diffusion_keras.samplers import SAMPLERS
 from diffusion_keras.schedules import SCHEDULES, get_schedule
 
 LOG = [{"epoch": 1, "loss": 0.8, "noise_loss": 0.8, "image_loss": 2.0, "val_loss": 0.9,
@@ -61,7 +61,7 @@ def test_reverse_process_ends_where_the_compiled_sampler_ends(trained_model):
     noisy_frames, pred_frames, times = plotting.reverse_process(trained_model, 3, diffusion_steps=4,
                                                                 seed=5)
     assert noisy_frames.shape == pred_frames.shape == (4, 3, 16, 16, 3)
-    np.testing.assert_allclose(times, trained_model.sampling_times(4, DEFAULT_SPACINGS["dpmpp2m"]))
+    np.testing.assert_allclose(times, trained_model.sampling_times(4, SAMPLERS["dpmpp2m"].default_spacing))
     np.testing.assert_allclose(pred_frames[-1], trained_model.generate(3, 4, seed=5), atol=1e-4)
     noise = trained_model.denormalize(trained_model.initial_noise(3, seed=5))
     np.testing.assert_allclose(noisy_frames[0], keras.ops.convert_to_numpy(noise), atol=1e-6)

@@ -10,7 +10,8 @@ from diffusion_keras.gaussian_oracle import MEAN, STD
 from diffusion_keras.schedules import get_schedule, log_sigma_table
 
 SHAPE = (8, 20, 25, 1)  # 4000 pixels, 8 images (one seed each)
-DETERMINISTIC = ("ddim", "dpmpp2m", "dpmpp3m", "heun")
+DETERMINISTIC = [name for name, sampler in samplers.SAMPLERS.items()
+                 if not sampler.is_stochastic({})]
 
 
 def rates_of(schedule, time):
@@ -41,7 +42,7 @@ def sample(name, steps, schedule="cosine", spacing="uniform", seed=0, noise_seed
 
 
 def error(name, calls, schedule="cosine", spacing="uniform"):
-    steps = (calls + 1) // 2 if name == "heun" else calls
+    steps = samplers.SAMPLERS[name].steps_for(calls)
     images = sample(name, steps, schedule, spacing)
     exact = gaussian_oracle.ode_solution(get_schedule(schedule), initial_noise()).ravel()
     return np.abs(images - exact).mean()
@@ -171,9 +172,12 @@ def test_sampling_times_spacings():
 
 
 def test_every_sampler_is_named_where_the_command_lines_list_them():
-    from diffusion_keras.config import DEFAULT_SPACINGS, SAMPLER_NAMES
+    from diffusion_keras.config import SAMPLER_NAMES, SPACINGS
 
-    assert tuple(samplers.SAMPLERS) == SAMPLER_NAMES and set(DEFAULT_SPACINGS) == set(SAMPLER_NAMES)
+    assert tuple(samplers.SAMPLERS) == SAMPLER_NAMES
+    assert {sampler.default_spacing for sampler in samplers.SAMPLERS.values()} <= set(SPACINGS)
+    assert [name for name, sampler in samplers.SAMPLERS.items()
+            if sampler.is_stochastic({"eta": 0.5, "variance": "beta"})] == ["ddim", "ddpm"]
 
 
 def test_network_evaluations_count_the_calls_made():
@@ -189,7 +193,8 @@ def test_network_evaluations_count_the_calls_made():
         samplers.get_sampler(name)(counting_denoise, initial_noise(), times, get_schedule("cosine"),
                                    step_seeds=seeding.step_seeds(0, 0, SHAPE[0], 3),
                                    callback=lambda *_: None)
-        assert len(calls) == samplers.network_evaluations(name, 4), name
+        assert len(calls) == samplers.SAMPLERS[name].network_evaluations(4), name
+        assert samplers.SAMPLERS[name].steps_for(len(calls)) == 4, name
 
 
 @pytest.mark.parametrize("call, message", [

@@ -173,7 +173,7 @@ def add_distribute_argument(parser):
 def sampling_settings(args):
     """`generate`'s sampler settings from the flags: sampler, spacing and the chosen sampler's
     options (eta for DDIM, variance for DDPM), rejecting options of another sampler."""
-    from diffusion_keras.config import DEFAULT_SPACINGS
+    from diffusion_keras.samplers import SAMPLERS
 
     if args.eta and args.sampler != "ddim":
         raise UsageError(f"--eta is a DDIM setting; drop it or use --sampler ddim (got --sampler "
@@ -183,6 +183,6 @@ def sampling_settings(args):
                          f"--sampler {args.sampler})")
     options = {"ddim": {"eta": args.eta},
                "ddpm": {"variance": args.variance or "posterior"}}.get(args.sampler, {})
-    return {"sampler": args.sampler, "spacing": args.spacing or DEFAULT_SPACINGS[args.sampler],
+    return {"sampler": args.sampler, "spacing": args.spacing or SAMPLERS[args.sampler].default_spacing,
             **options}
 

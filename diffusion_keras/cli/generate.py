@@ -152,7 +152,7 @@ def generate_from_args(args):
     from diffusion_keras import backend, distributed, runs
     from diffusion_keras.interpolation import interpolation_images
     from diffusion_keras.plotting import image_grid, plot_image_table, save_gif, save_image_grid
-    from diffusion_keras.samplers import network_evaluations, sampling_name
+    from diffusion_keras.samplers import SAMPLERS, sampling_name
 
     sampling = sampling_settings(args)
     checkpoint = runs.find_checkpoint(args.checkpoint)
@@ -208,7 +208,7 @@ def generate_from_args(args):
         written = generation.finish({
             "checkpoint": os.path.abspath(checkpoint),
             "checkpoint_modified": os.path.getmtime(checkpoint), **sampling, "steps": args.steps,
-            "network_evaluations": network_evaluations(args.sampler, args.steps),
+            "network_evaluations": SAMPLERS[args.sampler].network_evaluations(args.steps),
             "num_images": num_images, "batch_size": batch_size, "seed": args.seed,
             "classes": names, "guidance": guidances if names else None,
             "frames": args.frames if args.interpolate else None,
