@@ -1,5 +1,8 @@
-"""Every command README.md shows is accepted as written: its script exists and its flags parse."""
+"""Every command README.md, BENCHMARKS.md and the docs/ pages show is accepted as written: its
+script exists and its flags parse (docs/benchmark-history.md, a dated lab notebook, aside)."""
 
+import glob
+import importlib.util
 import os
 import re
 import shlex
@@ -7,17 +10,33 @@ import shlex
 import pytest
 
 from diffusion_keras import demo_images
-from diffusion_keras.cli import evaluate, generate, train
+from diffusion_keras.cli import bench, evaluate, generate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARSERS = {"train.py": train.parser, "generate.py": generate.parser,
-           "evaluate.py": evaluate.parser}
+           "evaluate.py": evaluate.parser, "bench.py": bench.parser}
+
+
+PAGES = ["README.md", "BENCHMARKS.md", *sorted(
+    os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    if not path.endswith("benchmark-history.md"))]
+
+
+def benchmark_parser(script):
+    """The argparse parser of a `benchmarks/` script that has one (`parser()`), else None."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(script)[:-3],
+                                                  os.path.join(ROOT, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "parser", lambda: None)()
 
 
 def readme_commands():
-    """(script, arguments) of every `python` command in README.md's code blocks and inline code."""
-    with open(os.path.join(ROOT, "README.md")) as file:
-        text = file.read()
+    """(script, arguments) of every `python` command in the pages' code blocks and inline code."""
+    text = ""
+    for page in PAGES:
+        with open(os.path.join(ROOT, page)) as file:
+            text += file.read()
     snippets = re.findall(r"```[a-z]*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
     commands = []
     for snippet in snippets:
@@ -54,3 +73,5 @@ def test_readme_command_runs_as_written(script, arguments, tmp_path):
     assert os.path.exists(os.path.join(ROOT, script[0])), f"{script[0]} is not in the repository"
     if script[0] in PARSERS:
         PARSERS[script[0]]().parse_args(arguments)  # a bad flag exits here with argparse's error
+    elif script[0].startswith("benchmarks/") and benchmark_parser(script[0]) is not None:
+        benchmark_parser(script[0]).parse_args(arguments)
