@@ -352,7 +352,7 @@ class TrainingConfig:
         (default: the defaults); unknown sections or settings are one-line errors naming them."""
         if not isinstance(data, dict):
             raise UsageError(f"{where} must hold a JSON object with sections {list(SECTIONS)}")
-        unknown = sorted(set(data) - set(SECTIONS) - {"num_images"})
+        unknown = sorted(set(data) - set(SECTIONS) - {METADATA, LEGACY_METADATA})
         if unknown:
             raise UsageError(f"unknown section(s) {unknown} in {where}; known: {list(SECTIONS)}")
         for name, section in SECTIONS.items():
@@ -366,6 +366,20 @@ class TrainingConfig:
         """A copy with `changes` ({section: {setting: value}}) applied."""
         return TrainingConfig(**{name: getattr(self, name).replace(**changes.get(name, {}))
                                  for name in SECTIONS})
+
+
+# config.json's section of facts about the run that are not settings ({"num_images": N});
+# files written before it had num_images at the top level
+METADATA, LEGACY_METADATA = "metadata", "num_images"
+
+
+def run_metadata(path):
+    """The metadata section of the config.json at `path` (empty where it has none)."""
+    with open(path) as file:
+        data = json.load(file)
+    if LEGACY_METADATA in data:
+        return {LEGACY_METADATA: data[LEGACY_METADATA]}
+    return data.get(METADATA, {})
 
 
 def read_config(path, base=None):

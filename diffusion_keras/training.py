@@ -15,7 +15,13 @@ from diffusion_keras.callbacks import (
     StopOnDivergence,
     TensorBoardSamples,
 )
-from diffusion_keras.config import ModelConfig, OptimizationConfig, TrainingConfig
+from diffusion_keras.config import (
+    METADATA,
+    ModelConfig,
+    OptimizationConfig,
+    TrainingConfig,
+    read_config,
+)
 from diffusion_keras.data import ImageBatches, normalizer_sample, preprocess
 from diffusion_keras.errors import UsageError
 from diffusion_keras.model import DiffusionModel
@@ -91,6 +97,45 @@ def tensorboard_callbacks(run_dir):
             TensorBoardSamples(run_dir)]
 
 
+# what a resumed run may change: how long it trains and what it leaves, not what it learns
+RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints",
+                     "run.tensorboard", "run.cache_dir", "run.distribute")
+
+
+def resume_changes(saved, config):
+    """The (section, setting) pairs where `config` differs from a run's `saved` settings and a
+    resumed run may not differ (the run folder's own name aside). The model's settings are the
+    checkpoint's, whatever `config` says."""
+    return [(section, field) for section in ("optimization", "run")
+            for field, value in getattr(config, section).to_dict().items()
+            if f"{section}.{field}" not in RESUME_CHANGEABLE and field != "run_dir"
+            and value != getattr(saved, section).to_dict()[field]]
+
+
+def check_resume(run_dir, config, resume_from):
+    """The rules of continuing `run_dir` from `resume_from` with `config`, for `train` and
+    train.py alike: its config.json matches its checkpoint, only `RESUME_CHANGEABLE` settings
+    change, the epochs go beyond those completed, and a cosine schedule keeps its end."""
+    saved = read_config(os.path.join(run_dir, "config.json"))
+    mismatched = saved.model.differences(resume_from.model.config, ("config.json", "checkpoint"))
+    if mismatched:
+        raise UsageError(f"{os.path.join(run_dir, 'config.json')} does not match its checkpoint "
+                         f"({'; '.join(mismatched)}); restore the file or start a new run")
+    changed = [f"{section}.{field}" for section, field in resume_changes(saved, config)]
+    if changed:
+        raise UsageError(f"resuming {run_dir!r} keeps the settings it started with; {changed} "
+                         f"differ from its config.json (only {list(RESUME_CHANGEABLE)} may change)")
+    epochs = config.optimization.epochs
+    if saved.optimization.learning_rate_schedule == "cosine" and epochs != saved.optimization.epochs:
+        raise UsageError(f"run {run_dir!r} decays its learning rate to 0 at epoch "
+                         f"{saved.optimization.epochs} (--learning-rate-schedule cosine), so "
+                         f"--epochs {epochs} cannot change where it ends; resume with --epochs "
+                         f"{saved.optimization.epochs}, or start a new run")
+    if epochs <= resume_from.epoch:
+        raise UsageError(f"run {run_dir!r} has completed {resume_from.epoch} of --epochs {epochs}; "
+                         "pass a larger --epochs to train it further")
+
+
 def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=(),
           resume_from=None, labels=None, class_names=None):
     """Train on `images` (uint8 NHWC, e.g. `data.open_images`' prepared images, or floats in
@@ -106,12 +151,15 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     `resume_from` (a `runs.resume_point(run_dir)`) continues that run after its last completed
     epoch: its model (optimizer, EMA and normaliser state), log and best value carry on, and data
     order and noise are drawn from (seed, epoch), so the result matches an uninterrupted run.
-    The architecture and optimizer settings then come from the checkpoint. A Ctrl-C
+    The architecture and optimizer state then come from the checkpoint, and `check_resume`'s
+    rules hold (`config`: the run's `read_config(run_dir/config.json)`, with more epochs). A Ctrl-C
     (KeyboardInterrupt) or an error propagates: every completed epoch is already checkpointed,
     and a diverged run raises `callbacks.Diverged` before a diverged model is saved.
     """
     run, optimization = config.run, config.optimization
     seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
+    if resume_from is not None:
+        check_resume(run_dir, config, resume_from)
     if run.distribute:
         distributed.start(batch_size)  # before any variable is made
     quiet.set_random_seed(seed)
@@ -147,7 +195,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
         runs.remove_stale_temporaries(run_dir)  # of a run killed outright before
         saved = TrainingConfig(model.config, optimization, run)
         runs.write_json(os.path.join(run_dir, "config.json"),
-                        {**saved.to_dict(), "num_images": len(images)})
+                        {**saved.to_dict(), METADATA: {"num_images": len(images)}})
     written_by = run_dir if writer else None
     model.fit(
         backend.as_fit_input(batches, initial_epoch, epochs),

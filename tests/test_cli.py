@@ -36,7 +36,7 @@ def test_train_leaves_checkpoints_samples_and_log(trained_run):
     assert {"noise_loss", "image_loss", "val_noise_loss"} <= set(log[0])
     assert (trained_run / "log.csv").read_text().startswith("epoch,")
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["model"]["channels"] == 3 and config["num_images"] == 48
+    assert config["model"]["channels"] == 3 and config["metadata"] == {"num_images": 48}
     assert config["model"]["prediction"] == "flow", "the formulation's defaults are recorded"
     assert not [name for name in os.listdir(trained_run / "checkpoints") if ".tmp" in name]
 

@@ -21,6 +21,7 @@ from PIL import Image
 from diffusion_keras import interrupts, runs, training
 from diffusion_keras.cli import train
 from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
+from diffusion_keras.errors import UsageError
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow  # trains through the command line or in other processes
@@ -245,6 +246,24 @@ def test_resume_refuses_what_would_not_continue_the_run(argv, message, reference
     assert train.main(["--resume", reference_dir, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_library_keeps_the_same_resume_rules(reference, tiny_uint8, tmp_path):
+    """`training.train(resume_from=...)` refuses what train.py --resume refuses, before any work."""
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(reference[0], run_dir)
+    point = runs.resume_point(run_dir)
+    runs.write_json(os.path.join(run_dir, "config.json"), TrainingConfig(
+        point.model.config, config(3).optimization, config(3).run).to_dict())
+    before = sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR)))
+    for changed, message in [
+            (config(3), "has completed 3 of --epochs 3; pass a larger --epochs"),
+            (config(5).updated({"optimization": {"learning_rate": 0.1}}),
+             r"keeps the settings it started with; \['optimization.learning_rate'\] differ"),
+            (config(5, seed=1), r"\['run.seed'\] differ")]:
+        with pytest.raises(UsageError, match=message):
+            training.train(tiny_uint8, run_dir, changed, verbose=0, resume_from=point)
+    assert sorted(os.listdir(os.path.join(run_dir, runs.CHECKPOINT_DIR))) == before
 
 
 def test_resume_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):

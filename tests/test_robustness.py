@@ -82,7 +82,7 @@ def test_mixed_folder_trains_on_exactly_the_good_files(tmp_path, caplog, capsys)
     code = train.main(["--data-dir", str(tmp_path / "data"), "--run-dir", str(run_dir),
                        "--epochs", "1", "--clip-norm", "1.0", *CLI_SETTINGS])
     assert code == 0, capsys.readouterr().err
-    assert json.loads((run_dir / "config.json").read_text())["num_images"] == good
+    assert json.loads((run_dir / "config.json").read_text())["metadata"]["num_images"] == good
     assert [row["epoch"] for row in json.loads((run_dir / "log.json").read_text())] == [1]
     checkpoint = runs.load_checkpoint(runs.checkpoint_path(run_dir, 1), compile=True)
     assert checkpoint.optimizer.global_clipnorm == 1.0  # so a resumed run clips as well

@@ -12,9 +12,6 @@ from diffusion_keras import config as settings
 from diffusion_keras.cli import Parser, int_list, positive_int, run
 from diffusion_keras.errors import UsageError, counted
 
-RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints",
-                     "run.tensorboard", "run.cache_dir", "run.distribute")
-
 
 def shown(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
@@ -164,6 +161,7 @@ def flag_name(section, field):
 def resumed_config(args):
     """The run folder and the settings saved in its config.json, with the changeable flags applied."""
     from diffusion_keras import runs
+    from diffusion_keras.training import RESUME_CHANGEABLE
 
     run_dir = args.resume or runs.newest_run()
     saved = settings.read_config(os.path.join(run_dir, "config.json"))
@@ -178,14 +176,7 @@ def resumed_config(args):
         changeable = ", ".join(flag_name(*name.split(".")) for name in RESUME_CHANGEABLE)
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
                          f"(only {changeable} may change)")
-    config = saved.updated(changes)
-    if saved.optimization.learning_rate_schedule == "cosine" and \
-            config.optimization.epochs != saved.optimization.epochs:
-        raise UsageError(f"run {run_dir!r} decays its learning rate to 0 at epoch "
-                         f"{saved.optimization.epochs} (--learning-rate-schedule cosine), so "
-                         f"--epochs {config.optimization.epochs} cannot change where it ends; "
-                         f"resume with --epochs {saved.optimization.epochs}, or start a new run")
-    return run_dir, config
+    return run_dir, saved.updated(changes)
 
 
 def config_from_args(args):
@@ -209,6 +200,7 @@ def open_run(args):
     """The settings and resume point (None for a new run), checked before any data. A multi-host
     run joins the other processes here, before any model is loaded."""
     from diffusion_keras import distributed, runs
+    from diffusion_keras.training import check_resume
 
     if not hasattr(args, "resume"):
         config = config_from_args(args)
@@ -223,20 +215,13 @@ def open_run(args):
     resume_from = runs.resume_point(run_dir)
     for _, reason in resume_from.skipped:
         print(f"warning: {reason}; skipping it", file=sys.stderr)
-    mismatched = config.model.differences(resume_from.model.config, ("config.json", "checkpoint"))
-    if mismatched:
-        raise UsageError(f"{os.path.join(run_dir, 'config.json')} does not match its checkpoint "
-                         f"({'; '.join(mismatched)}); restore the file or start a new run")
-    if config.optimization.epochs <= resume_from.epoch:
-        raise UsageError(f"run {run_dir!r} has completed {resume_from.epoch} of --epochs "
-                         f"{config.optimization.epochs}; pass a larger --epochs to train it further")
+    check_resume(run_dir, config, resume_from)  # before any data is read
     return config.updated({"run": {"run_dir": run_dir}}), resume_from
 
 
 def open_run_images(config, resume_from):
     """The run's prepared images (prepared now if needed), with a note where a resumed run's data
     no longer matches what it started on."""
-    from diffusion_keras import runs
     from diffusion_keras.data import open_images
 
     run = config.run
@@ -244,7 +229,7 @@ def open_run_images(config, resume_from):
     images = open_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed,
                          channels, run.cache_dir, conditional=run.conditional)
     if resume_from is not None:
-        started_with = runs.read_json(os.path.join(run.run_dir, "config.json"), "run settings").get(
+        started_with = settings.run_metadata(os.path.join(run.run_dir, "config.json")).get(
             "num_images")
         if started_with is not None and len(images) != started_with:
             print(f"warning: the data now has {len(images)} images, the run started with "
