@@ -238,13 +238,13 @@ class Sampler:
     function: object  # sampler(denoise, initial_noise, diffusion_times, schedule, *, ...)
     description: str  # for --help
     default_spacing: str  # the grid it is most accurate on (BENCHMARKS.md, "Samplers")
-    options: tuple = ()  # (name, default) of its settings
+    options: tuple = ()  # the names of its settings (their defaults are the function's)
     stochastic: object = False  # True, or the option that makes it so when positive (DDIM's eta)
     calls_per_step: int = 1  # Heun: two (a predictor and a corrector call)
 
     def bind(self, **options):
         """The function with `options` bound, checked eagerly (before any compilation)."""
-        unknown = set(options) - {name for name, _ in self.options}
+        unknown = set(options) - set(self.options)
         if unknown:
             raise UsageError(f"sampler {self.name!r} takes no option(s) {sorted(unknown)}")
         if not 0.0 <= options.get("eta", 0.0) <= 1.0:
@@ -274,8 +274,8 @@ class Sampler:
 SAMPLERS = {sampler.name: sampler for sampler in (
     Sampler("dpmpp2m", dpmpp_2m, "DPM-Solver++(2M)", "log_snr"),
     Sampler("dpmpp3m", dpmpp_3m, "DPM-Solver++(3M)", "log_snr"),
-    Sampler("ddim", ddim, "DDIM", "uniform", (("eta", 0.0),), stochastic="eta"),
-    Sampler("ddpm", ddpm, "ancestral", "uniform", (("variance", "posterior"),), stochastic=True),
+    Sampler("ddim", ddim, "DDIM", "uniform", ("eta",), stochastic="eta"),
+    Sampler("ddpm", ddpm, "ancestral", "uniform", ("variance",), stochastic=True),
     Sampler("heun", heun, "2 network calls a step", "karras", calls_per_step=2),
 )}
 

@@ -102,14 +102,15 @@ RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoi
                      "run.tensorboard", "run.cache_dir", "run.distribute")
 
 
-def resume_changes(saved, config):
-    """The (section, setting) pairs where `config` differs from a run's `saved` settings and a
-    resumed run may not differ (the run folder's own name aside). The model's settings are the
-    checkpoint's, whatever `config` says."""
-    return [(section, field) for section in ("optimization", "run")
+def resume_changes(saved, config, sections=("optimization", "run")):
+    """The (section, setting) pairs of `sections` where `config` differs from a run's `saved`
+    settings and a resumed run may not (a run folder left unset aside). `train` leaves out the
+    model's section: those settings are the checkpoint's, whatever `config` says."""
+    return [(section, field) for section in sections
             for field, value in getattr(config, section).to_dict().items()
-            if f"{section}.{field}" not in RESUME_CHANGEABLE and field != "run_dir"
-            and value != getattr(saved, section).to_dict()[field]]
+            if f"{section}.{field}" not in RESUME_CHANGEABLE
+            and value != getattr(saved, section).to_dict()[field]
+            and not (f"{section}.{field}" == "run.run_dir" and value is None)]
 
 
 def check_resume(run_dir, config, resume_from):

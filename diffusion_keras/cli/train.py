@@ -161,22 +161,19 @@ def flag_name(section, field):
 def resumed_config(args):
     """The run folder and the settings saved in its config.json, with the changeable flags applied."""
     from diffusion_keras import runs
-    from diffusion_keras.training import RESUME_CHANGEABLE
+    from diffusion_keras.training import RESUME_CHANGEABLE, resume_changes
 
     run_dir = args.resume or runs.newest_run()
     saved = settings.read_config(os.path.join(run_dir, "config.json"))
-    changes = given_settings(args)
-    changed = [(section, field) for section, values in changes.items()
-               for field, value in values.items()
-               if f"{section}.{field}" not in RESUME_CHANGEABLE
-               and value != getattr(getattr(saved, section), field)]
+    config = saved.updated(given_settings(args))
+    changed = resume_changes(saved, config, settings.SECTIONS)
     extra = [flag for flag in ("--config", "--recipe", "--preset") if hasattr(args, flag[2:])]
     if changed or extra:
         flags = ", ".join([flag_name(*name) for name in changed] + extra)
         changeable = ", ".join(flag_name(*name.split(".")) for name in RESUME_CHANGEABLE)
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
                          f"(only {changeable} may change)")
-    return run_dir, saved.updated(changes)
+    return run_dir, config
 
 
 def config_from_args(args):
