@@ -1,15 +1,21 @@
 """Image quality against training time: recipes trained one after another for the same wall-clock
-budget on the same images, scored in the CIFAR-10 classifier's features (FD-cifar10, KD-cifar10).
+budget on the same images, the way users train, scored in the CIFAR-10 classifier's features
+(FD-cifar10, KD-cifar10).
 
     python benchmarks/time_to_quality.py --data-dir /tmp/cifar/train --minutes 20 --eval-every 5 \
-        --recipes keras-io,default --output time_to_quality
+        --recipes keras-io,default --repeats 2 --name defaults-vs-keras-io
 
-Every `--eval-every` training minutes (evaluation time not counted) each recipe generates
-`--num-images` images with the same sampler, steps and initial noises, from its EMA network and its
-online network, and scores them against the features of all the training images. The floor (as
-many held-out real images, from `--test-dir`) and the ceiling (uniform noise) are scored the same
-way, so a number can be read. Results are appended to OUTPUT.jsonl as they come (an interrupted run
-keeps them); OUTPUT.md (table) and OUTPUT.png (curves) are drawn from all rows in it.
+Each recipe trains through `training.train` (the prepared image file, its batches, epoch seeds,
+validation, checkpoints and sample grids: what `train.py` does), stopped by a wall-clock budget
+(`QualityClock`). Every `--eval-every` training minutes (scoring time not counted) it generates
+`--num-images` images through `model.generate` with the same sampler, calls and seed (the
+sampler's own default grid unless `--spacing`), from its EMA network and its online network, and
+scores them against the features of all the training images. The floor (as many held-out real
+images, from `--test-dir`) and the ceiling (uniform noise) are scored the same way, so a number can
+be read. `--repeats 2` runs the recipes again in reverse order (drift on a shared machine then
+falls on both). Rows go to benchmarks/results/<date>-<name>/rows.jsonl as they come (an
+interrupted run keeps them), beside manifest.json (commit, command, machine), table.md and
+curves.png; the run folders (checkpoints, samples) to --runs-root.
 """
 
 import argparse
@@ -18,14 +24,16 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
+from manifest import RESULTS_ROOT, open_results
 
 from diffusion_keras import config as settings
 
-# name -> (what it is, settings on top of the library's defaults). "keras-io" is the 2022 recipe
-# this project started from (`train.py --recipe keras-io`); "default" is whatever the library's
-# defaults are now. Every other recipe is written out in full (from keras-io), so a name keeps the
-# meaning it had when its results were recorded, whatever the defaults become.
+# name -> (what it is, settings on top of the library's defaults): the candidates screened so far.
+# "keras-io" is the 2022 recipe this project started from (`train.py --recipe keras-io`); "default"
+# is whatever the library's defaults are now. Every other candidate is written out in full (from
+# keras-io), so a name keeps the meaning it had when its results were recorded.
 KERAS_IO = settings.RECIPES["keras-io"]
 
 
@@ -40,7 +48,7 @@ FLOW = variant(EMA_WARMUP, {"formulation": "flow", "prediction": None, "loss_fun
 FLOW_EVERY_P067 = variant(FLOW, {"embedding": "every", "ema_warmup": 0.67})
 FLOW_MUON = variant(FLOW_EVERY_P067, optimization={"optimizer": "muon"})
 FLOW_COSINE = variant(FLOW_EVERY_P067, optimization={"learning_rate_schedule": "cosine", "epochs": 6})
-RECIPES = {
+CANDIDATES = {
     "keras-io": ("the 2022 keras-io recipe (EMA 0.999 from step 0)", KERAS_IO),
     "default": ("the library's current defaults", {}),
     "ema-warmup": ("keras-io + EMA warm-up (power 3/4)", EMA_WARMUP),
@@ -95,27 +103,34 @@ def parser():
     p.add_argument("--data-dir", help="training images (e.g. the shared CIFAR-10 train/ folder)")
     p.add_argument("--test-dir", help="held-out real images for the floor (e.g. CIFAR-10 test/)")
     p.add_argument("--recipes", default="keras-io,default",
-                   help=f"comma-separated, run in this order; known: {','.join(RECIPES)}")
+                   help=f"comma-separated, run in this order; known: {','.join(CANDIDATES)}")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of the recipe list, every second one in reverse order")
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per recipe")
     p.add_argument("--eval-every", type=float, default=5.0, help="training minutes between scores")
-    p.add_argument("--num-images", type=int, default=1000, help="generated images per score")
-    p.add_argument("--sampler", default="dpmpp2m")
-    p.add_argument("--steps", default="10",
-                   help="network calls per sample, comma-separated, each scored (runs 1-6 used 10)")
-    p.add_argument("--spacing", default="uniform",
-                   help="sampler grid(s), comma-separated, each scored (runs 1-5 used uniform)")
+    p.add_argument("--num-images", type=int, default=500, help="generated images per score")
+    p.add_argument("--sampler", default=settings.DEFAULT_SAMPLER, choices=settings.SAMPLER_NAMES)
+    p.add_argument("--steps", default="10", help="network calls per sample, comma-separated, each "
+                                                 "scored")
+    p.add_argument("--spacing", default="",
+                   help="sampler grid(s), comma-separated, each scored (default: the sampler's own)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="train on a seeded subset (tests)")
     p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
-    p.add_argument("--batch-size", type=int, default=64, help="unless the recipe sets its own")
+    p.add_argument("--batch-size", type=int, help="instead of the recipe's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra-ema-powers", default="",
                    help="also average each recipe's online weights with these EMA warm-up powers "
                         "(momentum min(--extra-ema-max, 1 - (1 + n)^-p)) and score them as "
                         "'ema-pP': EMA settings compared on one training run, outside the timing")
     p.add_argument("--extra-ema-max", type=float, default=0.9999)
-    p.add_argument("--output", default="time_to_quality", help="prefix of the .jsonl, .md and .png")
-    p.add_argument("--plot-only", action="store_true", help="redraw the table and curve, train nothing")
+    p.add_argument("--name", default="time-to-quality", help="results folder <date>-NAME")
+    p.add_argument("--results-root", default=RESULTS_ROOT)
+    p.add_argument("--runs-root", default=os.path.join("runs", "time_to_quality"),
+                   help="where each recipe's run folder (checkpoints, samples, log) goes")
+    p.add_argument("--cache-dir", help="prepared images (default: train.py's)")
+    p.add_argument("--redraw", metavar="FOLDER",
+                   help="redraw FOLDER's table and curves from its rows, train nothing")
     return p
 
 
@@ -125,17 +140,14 @@ class Scorer:
     def __init__(self, real_images, batch_size=500):
         from diffusion_keras import metrics
         from diffusion_keras.cifar10_features import cifar10_extractor
+        from diffusion_keras.evaluation import extract_features
 
         self.metrics = metrics
-        self.extractor = cifar10_extractor(real_images.shape[-1])
-        self.batch_size = batch_size
+        extractor = cifar10_extractor(real_images.shape[-1])
+        self.features = lambda images: extract_features(extractor, images, batch_size)
         real = self.features(real_images)
         self.reference = metrics.FeatureStatistics().update(real)
         self.reference_kid = real[np.random.default_rng(0).permutation(len(real))[:1000]]
-
-    def features(self, images):
-        return np.concatenate([np.asarray(self.extractor.predict_on_batch(
-            images[start:start + self.batch_size])) for start in range(0, len(images), self.batch_size)])
 
     def __call__(self, images):
         features = self.features(images)
@@ -155,8 +167,6 @@ class ExtraAverages:
 
     def network(self, name, model):
         """A network of the model's architecture holding average `name` (one kept per name)."""
-        import keras
-
         if name not in self.networks:
             self.networks[name] = keras.models.clone_model(model.ema_network)
         self.networks[name].set_weights(self.averages[name])
@@ -173,78 +183,115 @@ class ExtraAverages:
         self.updates += 1
 
 
-def sample(model, noises, args, network, extra=None):
-    """{(grid, calls): images} for every --spacing and --steps, from the EMA network, the online
-    network ("online") or an extra average's ("ema-pP", `ExtraAverages.network`)."""
-    chosen = extra.network(network, model) if network.startswith("ema-p") else network
-    return {(spacing, calls): model.generate(len(noises), calls, initial_noise=noises,
-                                             sampler=args.sampler, spacing=spacing, verbose=False,
-                                             network=chosen)
-            for spacing in args.spacing for calls in args.steps}
+class QualityClock(keras.callbacks.Callback):
+    """Stops training after `budget` seconds of it and calls `score(model, minutes, steps)` every
+    `every` seconds and at the end; the time spent scoring and averaging (`extra`) is not counted,
+    everything else `fit` does (steps, validation, checkpoints, sample grids) is."""
+
+    def __init__(self, budget, every, score, extra, now=time.perf_counter):
+        super().__init__()
+        self.budget, self.every, self.score, self.extra, self.now = budget, every, score, extra, now
+
+    def on_train_begin(self, logs=None):
+        self.started, self.paused, self.steps = self.now(), 0.0, 0
+        self.next_score, self.scored_at = self.every, None
+
+    def trained(self):
+        return self.now() - self.started - self.paused
+
+    def pause_for(self, work):
+        started = self.now()
+        work()
+        self.paused += self.now() - started
+
+    def scored(self):
+        self.pause_for(lambda: self.score(self.model, self.trained() / 60, self.steps))
+        self.scored_at = self.steps
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.extra.powers:  # the model averages the weights its step starts from
+            self.pause_for(lambda: self.extra.update(self.model.network.get_weights()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.trained() >= min(self.next_score, self.budget):
+            self.scored()
+            self.next_score += self.every
+        if self.trained() >= self.budget:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.scored_at != self.steps:  # the recipe's own epochs ended before the budget
+            self.scored()
 
 
-def train_recipe(name, images, scorer, noises, args, record):
-    """Train `name` for the budget with train_on_batch (timed without the scoring pauses)."""
-    import keras
-
+def recipe_config(name, images, args, run_dir):
+    """The recipe's TrainingConfig, as train.py would build it, training until the budget stops it
+    (a cosine schedule keeps its own epochs: they set where its decay ends)."""
     from diffusion_keras.config import TrainingConfig
-    from diffusion_keras.data import ImageBatches
-    from diffusion_keras.training import build_model
 
-    description, changes = RECIPES[name]
-    model_changes = {"image_size": images.shape[1], "channels": images.shape[-1], "seed": args.seed}
+    changes = CANDIDATES[name][1]
+    config = TrainingConfig().updated(changes)
+    model = {}
     if args.widths:
-        model_changes["widths"] = tuple(int(width) for width in args.widths.split(","))
-    config = TrainingConfig().updated({"optimization": {"batch_size": args.batch_size}}).updated(
-        changes).updated({"model": model_changes})
-    batch_size = config.optimization.batch_size
-    keras.utils.set_random_seed(args.seed)
-    model = build_model(config.model, config.optimization, len(images) // batch_size)
-    model.normalizer.adapt(images[:5000])
-    batches = ImageBatches(images, batch_size, seed=args.seed)
+        model["widths"] = tuple(int(width) for width in args.widths.split(","))
+    optimization = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    if config.optimization.learning_rate_schedule != "cosine":
+        optimization["epochs"] = 10_000  # the budget stops it
+    run = {"seed": args.seed, "run_dir": run_dir, "data_dir": args.data_dir, "limit": args.limit,
+           "cache_dir": args.cache_dir}
+    return config.updated({"model": model, "optimization": optimization, "run": run})
+
+
+def train_recipe(name, repeat, images, scorer, args, record):
+    """Train `name` through `training.train` for the budget, scoring as it goes."""
+    from diffusion_keras import training
+    from diffusion_keras.samplers import sampler_record
+
+    description = CANDIDATES[name][0]
+    run_dir = os.path.join(args.runs_root, f"{os.path.basename(args.folder)}-{name}-{repeat}")
+    config = recipe_config(name, images, args, run_dir)
     extra = ExtraAverages(args.extra_ema_powers, args.extra_ema_max)
-    networks = ["ema", "online", *extra.powers]
-    trained, steps, next_score = 0.0, 0, args.eval_every * 60
-    budget = args.minutes * 60
-    print(f"{name}: {description}", flush=True)
-    while trained < budget:
-        for index in range(len(batches)):
-            started = time.perf_counter()
-            model.train_on_batch(batches[index])
-            trained += time.perf_counter() - started
-            steps += 1
-            if extra.powers:
-                extra.update(model.network.get_weights())
-            if trained >= next_score or trained >= budget:
-                for network in networks:
-                    for (spacing, calls), images in sample(model, noises, args, network,
-                                                           extra).items():
-                        scores = scorer(images)
-                        record({"recipe": name, "network": network, "spacing": spacing,
-                                "calls": calls, "minutes": round(trained / 60, 2), "steps": steps, **scores,
-                                "description": description,
-                                "settings": {"model": model.config.to_dict(),
-                                             "optimization": config.optimization.to_dict()}})
-                        print(f"  {trained / 60:5.1f} min, {steps} steps, {network}, {spacing}, "
-                              f"{calls} calls: "
-                              f"FD-cifar10 {scores['fd_cifar10']:.2f}, KD-cifar10 "
-                              f"{scores['kd_cifar10']:.4f}", flush=True)
-                next_score += args.eval_every * 60
-            if trained >= budget:
-                break
-        batches.on_epoch_end()
+    print(f"{name} (run {repeat}): {description}; run folder {run_dir}", flush=True)
+
+    def score(model, minutes, steps):
+        networks = {"ema": "ema", "online": "online",
+                    **{power: extra.network(power, model) for power in extra.powers}}
+        for label, network in networks.items():
+            for spacing in args.spacing:
+                for calls in args.steps:
+                    images = model.generate(args.num_images, calls, seed=args.seed,
+                                            sampler=args.sampler, spacing=spacing, verbose=False,
+                                            network=network)
+                    grid = spacing or sampler_record(args.sampler).default_spacing
+                    scores = scorer(images)
+                    record({"recipe": name, "run": repeat, "network": label, "spacing": grid,
+                            "calls": calls, "minutes": round(minutes, 2), "steps": steps,
+                            **scores, "description": description,
+                            "settings": {"model": model.config.to_dict(),
+                                         "optimization": config.optimization.to_dict()}})
+                    print(f"  {minutes:5.1f} min, {steps} steps, {label}, {grid}, {calls} calls: "
+                          f"FD-cifar10 {scores['fd_cifar10']:.2f}, KD-cifar10 "
+                          f"{scores['kd_cifar10']:.4f}", flush=True)
+
+    clock = QualityClock(args.minutes * 60, args.eval_every * 60, score, extra)
+    training.train(images, run_dir, config, verbose=0, callbacks=[clock])
 
 
-def read_rows(path):
+def read_rows(folder):
+    path = os.path.join(folder, ROWS)
     if not os.path.exists(path):
         return []
     with open(path) as file:
         return [json.loads(line) for line in file if line.strip()]
 
 
-def write_report(rows, prefix):
-    """OUTPUT.md: the last score of every recipe and network, and every score; OUTPUT.png: FD-cifar10
-    against training minutes, one line per recipe and network, floor and ceiling dashed."""
+ROWS = "rows.jsonl"
+
+
+def write_report(rows, folder):
+    """table.md: every score; curves.png: FD-cifar10 against training minutes, one line per recipe,
+    run and network, floor and ceiling dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,19 +299,16 @@ def write_report(rows, prefix):
 
     references = {row["recipe"]: row for row in rows if row["network"] == "reference"}
     runs = [row for row in rows if row["network"] != "reference"]
+    lines = ["| recipe | run | network | grid | calls | minutes | steps | FD-cifar10 | KD-cifar10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in runs:
-        row.setdefault("spacing", "uniform")  # rows recorded before --spacing took several
-        row.setdefault("calls", 10)  # and before --steps did
-    lines = ["| recipe | network | grid | calls | minutes | steps | FD-cifar10 | KD-cifar10 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in runs:
-        lines.append(f"| {row['recipe']} | {row['network']} | {row['spacing']} | {row['calls']} | "
-                     f"{row['minutes']:.1f} | {row['steps']} | {row['fd_cifar10']:.2f} | "
-                     f"{row['kd_cifar10']:.4f} |")
+        lines.append(f"| {row['recipe']} | {row['run']} | {row['network']} | {row['spacing']} | "
+                     f"{row['calls']} | {row['minutes']:.1f} | {row['steps']} | "
+                     f"{row['fd_cifar10']:.2f} | {row['kd_cifar10']:.4f} |")
     for name, row in references.items():
-        lines.append(f"| {name} | {row['description']} | | | | | {row['fd_cifar10']:.2f} | "
+        lines.append(f"| {name} | | {row['description']} | | | | | {row['fd_cifar10']:.2f} | "
                      f"{row['kd_cifar10']:.4f} |")
-    with open(f"{prefix}.md", "w") as file:
+    with open(os.path.join(folder, "table.md"), "w") as file:
         file.write("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(9, 4.5))
     colours = {recipe: f"C{index}" for index, recipe in enumerate(dict.fromkeys(
@@ -277,13 +321,16 @@ def write_report(rows, prefix):
     # a second sampling (grid, calls) and beyond: hollow markers, named in the legend
     samplings = list(dict.fromkeys((row["spacing"], row["calls"]) for row in runs))
 
+    repeated = len({row["run"] for row in runs}) > 1
+
     def line_of(row):
-        return row["recipe"], row["network"], row["spacing"], row["calls"]
+        return row["recipe"], row["run"], row["network"], row["spacing"], row["calls"]
 
     for line in dict.fromkeys(map(line_of, runs)):
-        recipe, network, grid, calls = line
+        recipe, run, network, grid, calls = line
         points = [(row["minutes"], row["fd_cifar10"]) for row in runs if line_of(row) == line]
-        label = f"{recipe} ({network}{f', {grid}, {calls} calls' if len(samplings) > 1 else ''})"
+        label = (f"{recipe}{f' run {run}' if repeated else ''} ({network}"
+                 f"{f', {grid}, {calls} calls' if len(samplings) > 1 else ''})")
         hollow = {"markerfacecolor": "none"} if (grid, calls) != samplings[0] else {}
         axis.plot(*zip(*points), color=colours[recipe], label=label, **styles[network], **hollow)
     for name, row in references.items():
@@ -297,23 +344,23 @@ def write_report(rows, prefix):
     axis.set_title("Image quality against training time")
     axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
-    figure.savefig(f"{prefix}.png", dpi=120)
+    figure.savefig(os.path.join(folder, "curves.png"), dpi=120)
     plt.close(figure)
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
-    unknown = [name for name in args.recipes.split(",") if name not in RECIPES]
+def checked(args):
+    """The arguments with lists parsed, or one line naming the bad one (before any work)."""
+    unknown = [name for name in args.recipes.split(",") if name not in CANDIDATES]
     if unknown:
-        sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+        sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(CANDIDATES)}")
     try:
         args.extra_ema_powers = [float(power) for power in args.extra_ema_powers.split(",") if power]
     except ValueError:
         sys.exit("error: --extra-ema-powers takes comma-separated numbers, e.g. 0.67,0.8")
     if not all(power > 0 for power in args.extra_ema_powers) or not 0 < args.extra_ema_max < 1:
         sys.exit("error: EMA warm-up powers must be positive and --extra-ema-max in (0, 1)")
-    args.spacing = args.spacing.split(",")
-    unknown = [spacing for spacing in args.spacing if spacing not in settings.SPACINGS]
+    args.spacing = args.spacing.split(",") if args.spacing else [None]
+    unknown = [spacing for spacing in args.spacing if spacing not in settings.SPACINGS + (None,)]
     if unknown:
         sys.exit(f"error: unknown --spacing {unknown}; known: {list(settings.SPACINGS)}")
     try:
@@ -322,34 +369,45 @@ def main(argv=None):
         sys.exit("error: --steps takes comma-separated whole numbers of network calls, e.g. 10,20")
     if min(args.steps) < 1:
         sys.exit("error: --steps must be at least 1 network call")
-    path = f"{args.output}.jsonl"
-    if not args.plot_only:
-        if not args.data_dir:
-            sys.exit("error: --data-dir is required unless --plot-only")
-        from diffusion_keras.data import load_image_folder, preprocess
+    if args.repeats < 1:
+        sys.exit("error: --repeats must be at least 1")
+    if not args.redraw and not args.data_dir:
+        sys.exit("error: --data-dir is required unless --redraw")
+    return args
 
-        images = preprocess(load_image_folder(args.data_dir, args.image_size, 3, args.limit,
-                                               args.seed))
-        scorer = Scorer(images)
-        rng = np.random.default_rng(args.seed)
-        noises = rng.standard_normal((args.num_images, *images.shape[1:]), dtype=np.float32)
 
-        def record(row):
-            with open(path, "a") as file:
-                file.write(json.dumps(row) + "\n")
+def main(argv=None):
+    args = checked(parser().parse_args(argv))
+    if args.redraw:
+        write_report(read_rows(args.redraw), args.redraw)
+        print(f"redrew {args.redraw}/table.md and curves.png")
+        return 0
+    from diffusion_keras.data import load_image_folder, open_images
 
-        if args.test_dir:
-            real = preprocess(load_image_folder(args.test_dir, args.image_size, 3, args.num_images,
-                                                 args.seed))
-            record({"recipe": "floor", "network": "reference", **scorer(real),
-                    "description": f"{len(real)} held-out real images"})
-        uniform = rng.random((args.num_images, *images.shape[1:]), dtype=np.float32)
-        record({"recipe": "ceiling", "network": "reference", **scorer(uniform),
-                "description": f"{args.num_images} uniform-noise images"})
-        for name in args.recipes.split(","):
-            train_recipe(name, images, scorer, noises, args, record)
-    write_report(read_rows(path), args.output)
-    print(f"wrote {args.output}.md and {args.output}.png")
+    images = open_images(args.image_size, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
+                         channels=3, cache_dir=args.cache_dir)  # train.py's prepared file
+    scorer = Scorer(images)
+    args.folder = open_results(args.name, args.results_root,
+                               ["benchmarks/time_to_quality.py", *(argv or sys.argv[1:])])
+
+    def record(row):
+        with open(os.path.join(args.folder, ROWS), "a") as file:
+            file.write(json.dumps(row) + "\n")
+
+    if args.test_dir:
+        real = load_image_folder(args.test_dir, args.image_size, 3, args.num_images, args.seed)
+        record({"recipe": "floor", "network": "reference", **scorer(real),
+                "description": f"{len(real)} held-out real images"})
+    uniform = np.random.default_rng(args.seed).random((args.num_images, *images.shape[1:]),
+                                                      dtype=np.float32)
+    record({"recipe": "ceiling", "network": "reference", **scorer(uniform),
+            "description": f"{args.num_images} uniform-noise images"})
+    recipes = args.recipes.split(",")
+    for repeat in range(1, args.repeats + 1):
+        for name in recipes if repeat % 2 else recipes[::-1]:
+            train_recipe(name, repeat, images, scorer, args, record)
+            write_report(read_rows(args.folder), args.folder)
+    print(f"wrote {args.folder}: rows.jsonl, table.md, curves.png, manifest.json")
     return 0
 
 
