@@ -5,7 +5,7 @@
 For each count: prepare a seeded subset of the folder (timed, images/s, the first time only), then
 train `--steps` steps in a fresh process and report its peak resident set size (ru_maxrss). With
 images read batch by batch from the prepared file, the peak should barely depend on the count.
-Writes a JSON of the results to `--output`.
+Writes results.json beside a manifest in benchmarks/results/<date>-<name>/.
 """
 
 import argparse
@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import keras
+from manifest import RESULTS_ROOT, open_results
 
 
 class StopAfter(keras.callbacks.Callback):
@@ -68,7 +69,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cache-dir", help="default: a new temporary folder, so the prepare is "
                         "timed from scratch")
-    parser.add_argument("--output", default="benchmarks/results/data_memory.json")
+    parser.add_argument("--name", default="data-memory", help="results folder <date>-NAME")
+    parser.add_argument("--results-root", default=RESULTS_ROOT)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -77,6 +79,7 @@ def main():
     from diffusion_keras.data import open_images
 
     args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="data_memory_")
+    folder = open_results(args.name, args.results_root, ["benchmarks/data_memory.py", *sys.argv[1:]])
     results = []
     for count in map(int, args.counts.split(",")):
         started = time.perf_counter()
@@ -93,7 +96,7 @@ def main():
                "cpu_count": os.cpu_count(), "backend": keras.backend.backend()}
         print(json.dumps(row), flush=True)
         results.append(row)
-    with open(args.output, "w") as file:
+    with open(os.path.join(folder, "results.json"), "w") as file:
         json.dump(results, file, indent=2)
 
 

@@ -5,14 +5,18 @@ class asked for, and the Frechet distance in its features, at each guidance weig
         --real-dir /tmp/cifar/test --per-class 50 --guidance 0,1,2,4
 
 Every weight samples the same seeds (image i of each class starts from the same noise), so the
-weights differ only in guidance. Writes a JSON and a Markdown table beside `--output`.
+weights differ only in guidance. Writes results.json and table.md beside a manifest in
+benchmarks/results/<date>-<name>/.
 """
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
+from manifest import RESULTS_ROOT, open_results
 
 from diffusion_keras import cifar10_features, metrics, runs
 from diffusion_keras.data import load_image_folder, preprocess
@@ -27,8 +31,10 @@ def main():
     parser.add_argument("--guidance", default="0,1,2,4")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="benchmarks/results/guidance_sweep")
+    parser.add_argument("--name", default="guidance-sweep", help="results folder <date>-NAME")
+    parser.add_argument("--results-root", default=RESULTS_ROOT)
     args = parser.parse_args()
+    folder = open_results(args.name, args.results_root, ["benchmarks/guidance_sweep.py", *sys.argv[1:]])
 
     model = runs.load_checkpoint(runs.find_checkpoint(args.checkpoint))
     names = model.config.class_names
@@ -57,9 +63,9 @@ def main():
     result = {"checkpoint": runs.find_checkpoint(args.checkpoint), "steps": args.steps,
               "per_class": args.per_class, "real_images": len(real), "seed": args.seed,
               "rows": rows}
-    with open(f"{args.output}.json", "w") as file:
+    with open(os.path.join(folder, "results.json"), "w") as file:
         json.dump(result, file, indent=2)
-    with open(f"{args.output}.md", "w") as file:
+    with open(os.path.join(folder, "table.md"), "w") as file:
         file.write("| guidance | classified as asked | FD-cifar10 | sampling s |\n|---|---|---|---|\n")
         for row in rows:
             file.write(f"| {row['guidance']:g} | {row['accuracy']:.1%} | {row['fd_cifar10']:.3f} | "

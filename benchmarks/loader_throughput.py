@@ -1,5 +1,5 @@
 """How fast the input path alone feeds training: images/second from a prepared file to the shuffled,
-flipped uint8 batches `fit` receives (`backend.as_fit_input(ImageBatches(...))`), no model.
+flipped uint8 batches `fit` receives (`ImageBatches(...).fit_input()`), no model.
 
     python benchmarks/loader_throughput.py --data-dir /tmp/cifar/train --sizes 32,64,128
 
@@ -33,7 +33,7 @@ def images_per_second(images, batch_size, count):
     batches = ImageBatches(images, batch_size, seed=0)
     epochs = count // len(batches) + 2
     if backend.BACKEND == "tensorflow":
-        stream = iter(backend.as_fit_input(batches, 0, epochs))
+        stream = iter(batches.fit_input(0, epochs))
         read = lambda index: next(stream)  # noqa: E731 (the pipeline keeps its own position)
     else:
         read = lambda index: batches[index % len(batches)]  # noqa: E731

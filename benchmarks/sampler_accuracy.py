@@ -2,22 +2,25 @@
 of network calls: on the Gaussian oracle (exact answer known) and, with --checkpoint, on a trained
 model against its own converged (--reference-steps) solution.
 
-    python benchmarks/sampler_accuracy.py --output benchmarks/results/sampler_accuracy
+    python benchmarks/sampler_accuracy.py --name sampler-accuracy-oracle
     python benchmarks/sampler_accuracy.py --checkpoint runs/X/checkpoints/best.keras \
-        --output benchmarks/results/sampler_accuracy_cifar10
+        --name sampler-accuracy-cifar10
 
 Oracle error: mean |sample - exact| over 4000 pixels of data N(0.5, 0.4^2) (normalised space).
 Trained-model error: root mean square pixel difference ([0, 1] pixels) from the reference images
-of the same seeds. Writes OUTPUT.json and OUTPUT.md. Heun makes 2 x steps - 1 calls, so it gets
-the largest odd number of calls not above each column's. With --checkpoint, also
-OUTPUT_reference.npz: the initial noise and the converged images.
+of the same seeds. Writes results.json and table.md beside a manifest in
+benchmarks/results/<date>-<name>/. Heun makes 2 x steps - 1 calls, so it gets the largest odd
+number of calls not above each column's. With --checkpoint, also reference.npz: the initial noise
+and the converged images.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
+from manifest import RESULTS_ROOT, open_results
 
 from diffusion_keras.samplers import SAMPLERS
 
@@ -36,7 +39,8 @@ def parser():
     p.add_argument("--reference-sampler", default="dpmpp3m")
     p.add_argument("--reference-steps", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="sampler_accuracy", help="prefix of the .json and .md")
+    p.add_argument("--name", default="sampler-accuracy", help="results folder <date>-NAME")
+    p.add_argument("--results-root", default=RESULTS_ROOT)
     return p
 
 
@@ -75,8 +79,8 @@ def model_errors(args, calls):
     reference = model.generate(args.num_images, args.reference_steps, seed=args.seed,
                                sampler=args.reference_sampler, spacing="log_snr")
     # the seeded initial noise and the converged images, to measure other code against
-    np.savez(args.output + "_reference.npz", noise=model.initial_noise(args.num_images, args.seed),
-             images=reference)
+    np.savez(os.path.join(args.folder, "reference.npz"),
+             noise=model.initial_noise(args.num_images, args.seed), images=reference)
     rows = []
     for sampler in args.samplers.split(","):
         for spacing in args.spacings.split(","):
@@ -118,14 +122,17 @@ def main(argv=None):
     from diffusion_keras import runs
 
     calls = [int(value) for value in args.calls.split(",")]
+    args.folder = open_results(args.name, args.results_root,
+                               ["benchmarks/sampler_accuracy.py", *(argv or sys.argv[1:])])
     rows = model_errors(args, calls) if args.checkpoint else oracle_errors(args, calls)
-    runs.write_json(args.output + ".json", {"checkpoint": args.checkpoint, "calls": calls,
+    runs.write_json(os.path.join(args.folder, "results.json"), {"checkpoint": args.checkpoint, "calls": calls,
                                             "reference": [args.reference_sampler,
                                                           args.reference_steps],
                                             "rows": rows})
-    with runs.atomic_write(args.output + ".md") as temporary, open(temporary, "w") as file:
+    with runs.atomic_write(os.path.join(args.folder, "table.md")) as temporary, \
+            open(temporary, "w") as file:
         file.write(markdown_table(rows, calls))
-    print(f"wrote {args.output}.json and {args.output}.md")
+    print(f"wrote {args.folder}: results.json, table.md, manifest.json")
     return 0
 
 

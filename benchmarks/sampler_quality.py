@@ -1,18 +1,24 @@
-"""Sample quality against network evaluations (NFE) for every sampler, from one checkpoint.
+"""Sample quality against network evaluations (NFE) for every sampler and grid, from one checkpoint.
 
     python benchmarks/sampler_quality.py --checkpoint runs/X/checkpoints/best.keras \
-        --real-dir /tmp/cifar/test --num-images 2000 [--features cifar10]
+        --real-dir /tmp/cifar/train --num-images 2000 --nfe 10,20 \
+        --spacings uniform,log_snr,karras --features cifar10
 
-Every cell is `evaluation.evaluate` (the library's scoring, as `evaluate.py` does it): the same
-seeded images for every sampler, scored against the real images' cached statistics, in InceptionV3
-features (FID, KID) or the project's CIFAR-10 classifier's (FD-cifar10, KD-cifar10). Writes a JSON
-and a Markdown table (rows: sampler, columns: NFE) next to the checkpoint, or to --output. Not a
-test: it needs a trained model and a lot of compute (sum of NFE x num_images).
+Every cell is `evaluation.evaluate` (the library's scoring, as `evaluate.py` does it, sampling
+through `model.generate`): the same seeded images for every sampler, scored against the real
+images' cached statistics, in InceptionV3 features (FID, KID) or the project's CIFAR-10
+classifier's (FD-cifar10, KD-cifar10). Each sampler runs on each of `--spacings` (default: its own
+grid). Writes results.json and table.md (rows: sampler and grid, columns: NFE) beside a manifest
+in benchmarks/results/<date>-<name>/. Not a test: it needs a trained model and a lot of compute
+(sum of NFE x num_images).
 """
 
 import argparse
+import json
 import os
 import sys
+
+from manifest import RESULTS_ROOT, open_results
 
 DEFAULT_NFES = (5, 10, 20, 50, 100)
 SETTINGS = {  # name in the table -> generate's sampler settings
@@ -35,16 +41,18 @@ def parser():
     p.add_argument("--num-images", type=int, default=2000)
     p.add_argument("--nfe", default=",".join(map(str, DEFAULT_NFES)))
     p.add_argument("--samplers", default=",".join(SETTINGS))
-    p.add_argument("--spacing", help="one grid for every sampler (default: each sampler's own)")
+    p.add_argument("--spacings", help="comma-separated grids, each sampler on each (default: each "
+                                      "sampler's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--output", help="output prefix (default: <checkpoint folder>/sampler_quality)")
+    p.add_argument("--name", default="sampler-quality", help="results folder <date>-NAME")
+    p.add_argument("--results-root", default=RESULTS_ROOT)
     return p
 
 
 def markdown_table(results, nfes):
-    """One row per sampler setting, one column per NFE; each cell the metric value(s)."""
-    lines = ["| sampler | " + " | ".join(f"NFE {nfe}" for nfe in nfes) + " |",
+    """One row per sampler setting and grid, one column per NFE; each cell the metric value(s)."""
+    lines = ["| sampler, grid | " + " | ".join(f"NFE {nfe}" for nfe in nfes) + " |",
              "|---|" + "---|" * len(nfes)]
     for name, row in results.items():
         cells = [row.get(str(nfe), "") for nfe in nfes]
@@ -56,36 +64,37 @@ def markdown_table(results, nfes):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from diffusion_keras import runs, samplers
+    from diffusion_keras import samplers
     from diffusion_keras.evaluation import METRIC_NAMES, evaluate
 
     nfes = [int(value) for value in args.nfe.split(",")]
     weights = None if args.inception_weights == "random" else args.inception_weights
+    grids = args.spacings.split(",") if args.spacings else [None]
+    folder = open_results(args.name, args.results_root,
+                          ["benchmarks/sampler_quality.py", *(argv or sys.argv[1:])])
     results = {}
     for name in args.samplers.split(","):
-        sampling = dict(SETTINGS[name])
-        if args.spacing:
-            sampling["spacing"] = args.spacing
-        results[name] = {}
-        for nfe in nfes:
-            steps = samplers.SAMPLERS[sampling["sampler"]].steps_for(nfe)
-            result = evaluate(args.checkpoint, args.num_images, steps, data_dir=args.real_dir,
-                              inception_weights=weights, kid_images=args.num_images,
-                              batch_size=args.batch_size, seed=args.seed, features=args.features,
-                              sampling=sampling)
-            metric_names = METRIC_NAMES[result["features"]]
-            calls = samplers.SAMPLERS[sampling["sampler"]].network_evaluations(steps)
-            results[name][str(calls)] = {key: result[key] for key in metric_names}
-            print(name, calls, results[name][str(calls)], flush=True)
-    prefix = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                         "sampler_quality")
-    runs.write_json(prefix + ".json", {"checkpoint": os.path.abspath(args.checkpoint),
-                                       "num_images": args.num_images, "spacing": args.spacing,
-                                       "features": args.features, "results": results})
+        record = samplers.sampler_record(SETTINGS[name]["sampler"])
+        for grid in grids:
+            sampling = {**SETTINGS[name], "spacing": grid or record.default_spacing}
+            row = results[f"{name}, {sampling['spacing']}"] = {}
+            for nfe in nfes:
+                steps = record.steps_for(nfe)
+                result = evaluate(args.checkpoint, args.num_images, steps, data_dir=args.real_dir,
+                                  inception_weights=weights, kid_images=args.num_images,
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  features=args.features, sampling=sampling)
+                calls = record.network_evaluations(steps)
+                row[str(calls)] = {key: result[key] for key in METRIC_NAMES[result["features"]]}
+                print(name, sampling["spacing"], calls, row[str(calls)], flush=True)
+            with open(os.path.join(folder, "results.json"), "w") as file:  # as the cells come
+                json.dump({"checkpoint": os.path.abspath(args.checkpoint),
+                           "num_images": args.num_images, "features": args.features,
+                           "results": results}, file, indent=1)
     columns = sorted({int(calls) for row in results.values() for calls in row})
-    with runs.atomic_write(prefix + ".md") as temporary, open(temporary, "w") as file:
+    with open(os.path.join(folder, "table.md"), "w") as file:
         file.write(markdown_table(results, columns))
-    print(f"wrote {prefix}.json and {prefix}.md")
+    print(f"wrote {folder}: results.json, table.md, manifest.json")
     return 0
 
 

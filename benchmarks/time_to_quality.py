@@ -18,7 +18,6 @@ interrupted run keeps them), beside manifest.json (commit, command, machine), ta
 curves.png; the run folders (checkpoints, samples) to --runs-root.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -28,7 +27,9 @@ import keras
 import numpy as np
 from manifest import RESULTS_ROOT, open_results
 
+from diffusion_keras import checks
 from diffusion_keras import config as settings
+from diffusion_keras.cli import Parser
 
 # name -> (what it is, settings on top of the library's defaults): the candidates screened so far.
 # "keras-io" is the 2022 recipe this project started from (`train.py --recipe keras-io`); "default"
@@ -99,31 +100,34 @@ CANDIDATES = {
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="training images (e.g. the shared CIFAR-10 train/ folder)")
     p.add_argument("--test-dir", help="held-out real images for the floor (e.g. CIFAR-10 test/)")
     p.add_argument("--recipes", default="keras-io,default",
                    help=f"comma-separated, run in this order; known: {','.join(CANDIDATES)}")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=checks.positive_int_argument, default=1,
                    help="runs of the recipe list, every second one in reverse order")
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per recipe")
     p.add_argument("--eval-every", type=float, default=5.0, help="training minutes between scores")
     p.add_argument("--num-images", type=int, default=500, help="generated images per score")
     p.add_argument("--sampler", default=settings.DEFAULT_SAMPLER, choices=settings.SAMPLER_NAMES)
-    p.add_argument("--steps", default="10", help="network calls per sample, comma-separated, each "
-                                                 "scored")
-    p.add_argument("--spacing", default="",
-                   help="sampler grid(s), comma-separated, each scored (default: the sampler's own)")
+    p.add_argument("--steps", type=checks.positive_int_list_argument, default="10",
+                   help="network calls per sample, comma-separated, each scored")
+    p.add_argument("--spacing", default="", type=checks.argument(
+        checks.comma_separated(str), lambda grid, what: checks.choice(grid, settings.SPACINGS, "grid")),
+        help="sampler grid(s), comma-separated, each scored (default: the sampler's own)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="train on a seeded subset (tests)")
     p.add_argument("--widths", help="U-Net widths, comma-separated (tests)")
     p.add_argument("--batch-size", type=int, help="instead of the recipe's own")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--extra-ema-powers", default="",
+    p.add_argument("--extra-ema-powers", default="", type=checks.argument(
+        checks.comma_separated(float), lambda power, what: checks.number(power, what, 0, low_open=True)),
                    help="also average each recipe's online weights with these EMA warm-up powers "
                         "(momentum min(--extra-ema-max, 1 - (1 + n)^-p)) and score them as "
                         "'ema-pP': EMA settings compared on one training run, outside the timing")
-    p.add_argument("--extra-ema-max", type=float, default=0.9999)
+    p.add_argument("--extra-ema-max", default=0.9999, type=checks.argument(
+        float, lambda value, what: checks.number(value, what, 0, 1, low_open=True, high_open=True)))
     p.add_argument("--name", default="time-to-quality", help="results folder <date>-NAME")
     p.add_argument("--results-root", default=RESULTS_ROOT)
     p.add_argument("--runs-root", default=os.path.join("runs", "time_to_quality"),
@@ -349,30 +353,13 @@ def write_report(rows, folder):
 
 
 def checked(args):
-    """The arguments with lists parsed, or one line naming the bad one (before any work)."""
+    """The arguments with the recipes known and data to train on (before any work)."""
     unknown = [name for name in args.recipes.split(",") if name not in CANDIDATES]
     if unknown:
         sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(CANDIDATES)}")
-    try:
-        args.extra_ema_powers = [float(power) for power in args.extra_ema_powers.split(",") if power]
-    except ValueError:
-        sys.exit("error: --extra-ema-powers takes comma-separated numbers, e.g. 0.67,0.8")
-    if not all(power > 0 for power in args.extra_ema_powers) or not 0 < args.extra_ema_max < 1:
-        sys.exit("error: EMA warm-up powers must be positive and --extra-ema-max in (0, 1)")
-    args.spacing = args.spacing.split(",") if args.spacing else [None]
-    unknown = [spacing for spacing in args.spacing if spacing not in settings.SPACINGS + (None,)]
-    if unknown:
-        sys.exit(f"error: unknown --spacing {unknown}; known: {list(settings.SPACINGS)}")
-    try:
-        args.steps = [int(calls) for calls in args.steps.split(",")]
-    except ValueError:
-        sys.exit("error: --steps takes comma-separated whole numbers of network calls, e.g. 10,20")
-    if min(args.steps) < 1:
-        sys.exit("error: --steps must be at least 1 network call")
-    if args.repeats < 1:
-        sys.exit("error: --repeats must be at least 1")
     if not args.redraw and not args.data_dir:
         sys.exit("error: --data-dir is required unless --redraw")
+    args.spacing = args.spacing or [None]  # the sampler's own grid
     return args
 
 

@@ -33,45 +33,6 @@ def default_jit_compile():
     return False
 
 
-def as_fit_input(batches, initial_epoch=0, epochs=1):
-    """`ImageBatches` in the form this backend's `fit` consumes fastest (epochs [initial, epochs)).
-
-    On TensorFlow, Keras feeds a PyDataset through `tf.data.Dataset.from_generator`, which on 2 CPU
-    cores made training 3x slower than feeding arrays; a native tf.data pipeline that asks NumPy
-    for each epoch's plan (order and flips) and each batch's images, two batches ahead, keeps the
-    step fed with identical batches. Pass `steps_per_epoch=len(batches)` to `fit` with it. Other
-    backends take the PyDataset as is (its worker threads read ahead).
-    """
-    if BACKEND != "tensorflow":
-        return batches
-    import tensorflow as tf
-
-    image_shape = [batches.batch_size, *batches.images.shape[1:]]
-    image_dtype = tf.as_dtype(batches.images.dtype)
-    labelled = batches.labels is not None
-
-    def epoch_batches(epoch):
-        order, flips = tf.numpy_function(
-            lambda e: batches.plan(int(e)), [epoch], (tf.int64, tf.bool), stateful=False
-        )
-        slices = tf.data.Dataset.from_tensor_slices((tf.ensure_shape(order, [None]),
-                                                     tf.ensure_shape(flips, [None])))
-        return slices.batch(batches.batch_size, drop_remainder=True)
-
-    def read(order, flips):
-        if not labelled:
-            batch = tf.numpy_function(batches.batch, [order, flips], image_dtype, stateful=False)
-            return tf.ensure_shape(batch, image_shape)
-        images, labels = tf.numpy_function(batches.batch, [order, flips], (image_dtype, tf.int32),
-                                           stateful=False)
-        return tf.ensure_shape(images, image_shape), tf.ensure_shape(labels, image_shape[:1])
-
-    dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
-    # a known length lets Keras end each validation pass without an "ran out of data" warning
-    length = tf.data.experimental.assert_cardinality((epochs - initial_epoch) * len(batches))
-    return dataset.apply(length).map(read, num_parallel_calls=2).prefetch(2)
-
-
 def compile_function(function, variables):
     """Compile `function(*tensors)`, which reads `variables`, into one graph on this backend.
 

@@ -61,21 +61,24 @@ def timed(function, repeats):
     return (time.perf_counter() - start) / repeats
 
 
-def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=2,
-            precision="float32", train_steps=20, sample_steps=20, sample_batch_size=None, seed=0):
-    """Throughput of one configuration on the running backend, as a dict."""
+def measure(model_config=ModelConfig(), batch_size=64, precision="float32", train_steps=20,
+            sample_steps=20, sample_batch_size=None, seed=0, optimization=OptimizationConfig()):
+    """Throughput of one configuration on the running backend, as a dict: `model_config` (image
+    size, widths... as a preset gives them) trained with `optimization` at `batch_size`."""
     warm_up_steps = 2  # the first step compiles; the second may still settle
     quiet.set_random_seed(seed)
-    model = build_model(ModelConfig(image_size=image_size, widths=widths, block_depth=block_depth, seed=seed),
-                        OptimizationConfig(precision=precision))
+    model_config = model_config.replace(seed=seed)
+    image_size, channels = model_config.image_size, model_config.channels
+    model = build_model(model_config, optimization.replace(precision=precision,
+                                                           batch_size=batch_size))
     images = np.random.default_rng(seed).random(
-        (batch_size * (train_steps + warm_up_steps), image_size, image_size, 3), dtype=np.float32)
+        (batch_size * (train_steps + warm_up_steps), image_size, image_size, channels),
+        dtype=np.float32)
     model.normalizer.adapt(images[:batch_size])
     timer = StepTimer()
     batches = ImageBatches(images, batch_size, seed=seed)
-    model.fit(backend.as_fit_input(batches), epochs=1, verbose=0, steps_per_epoch=len(batches),
-              shuffle=False,
-              callbacks=[timer])
+    model.fit(batches.fit_input(), epochs=1, verbose=0, steps_per_epoch=len(batches),
+              shuffle=False, callbacks=[timer])
     train_seconds = timer.seconds_per_step(skip=warm_up_steps - 1)
     sample_batch_size = sample_batch_size or batch_size
     noise = model.initial_noise(sample_batch_size, seed=seed)
@@ -91,9 +94,9 @@ def measure(image_size=32, batch_size=64, widths=(32, 64, 96, 128), block_depth=
     sample_images_per_second = sample_batch_size / sample_seconds
     return {
         "backend": backend.BACKEND, "device": backend.device_name(), "precision": precision,
-        "image_size": image_size, "batch_size": batch_size, "widths": list(widths),
-        "block_depth": block_depth, "params": model.network.count_params(),
-        "train_img_s": round(train_images_per_second, 2),
+        "image_size": image_size, "batch_size": batch_size, "widths": list(model_config.widths),
+        "block_depth": model_config.block_depth, "params": model.network.count_params(),
+        "train_img_s": round(train_images_per_second, 2), "train_step_ms": round(train_seconds * 1e3, 2),
         "sample_steps": sample_steps, "sample_batch_size": sample_batch_size,
         "sample_img_s": round(sample_images_per_second, 2),
         "forward_gflops_per_image": round(flops / 1e9, 4),

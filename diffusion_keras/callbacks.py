@@ -231,7 +231,7 @@ class ProcessPlots(keras.callbacks.Callback):
             return
         os.makedirs(self.folder, exist_ok=True)
         plot_schedules(os.path.join(self.folder, "schedules.png"))
-        plot_forward_process(self.images, self.model.diffusion_schedule, seed=self.seed,
+        plot_forward_process(self.images, self.model.formulation.schedule, seed=self.seed,
                              save_to=os.path.join(self.folder, "forward_process.png"))
         save_image_grid(self.untrained, os.path.join(self.folder, "samples_untrained.png"))
 

@@ -4,16 +4,16 @@
 `OptimizationConfig` builds the optimizer and its learning-rate schedule; `RunConfig` holds the data
 and the run folder. `TrainingConfig` bundles the three as `config.json` stores them, `train.py
 --config FILE` reads them (flags override), `--resume` reads them back, and Python users pass them to
-`training.train`. Every default is written here once; every value is checked here, before any data
-is loaded or any folder is made.
+`training.train`. Every default is written here once; every value is checked here (with `checks`), before any
+data is loaded or any folder is made.
 """
 
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 
+from diffusion_keras import checks
 from diffusion_keras.errors import UsageError
 
 FORMULATIONS = ("continuous", "ddpm", "flow")
@@ -38,7 +38,8 @@ SPACINGS = ("uniform", "quadratic", "karras", "log_snr")
 VARIANCES = ("posterior", "beta")
 DEFAULT_SAMPLER = "dpmpp2m"
 
-# What a formulation means when a setting is left at None (Ho et al. 2020; Lipman et al. 2023 and
+# What a formulation means when a setting is left at None (`formulation.Formulation` is what a model
+# learns from the resolved settings; Ho et al. 2020; Lipman et al. 2023 and
 # Esser et al. 2024 for flow: the straight path between data and noise, velocity target, MSE,
 # logit-normal times).
 FORMULATION_DEFAULTS = {
@@ -104,51 +105,6 @@ def default_cache_dir(kind):
     return os.path.join(root, "diffusion_keras", kind)
 
 
-def _choice(value, choices, what):
-    if value not in choices:
-        raise UsageError(f"unknown {what} {value!r}; choose one of {list(choices)}")
-
-
-def _number(value, what, low=None, high=None, low_open=False, high_open=False, allow_none=False):
-    """A finite number in the given range, or a one-line UsageError naming the value."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UsageError(f"{what} must be a finite number, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if low == 0 and high is None and too_low:
-        raise UsageError(f"{what} must be {'positive' if low_open else 'non-negative'}, got {value}")
-    if too_low or too_high:
-        span = (f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
-        raise UsageError(f"{what} must be in {span}, got {value}")
-
-
-def _seed(value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
-
-
-def _positive_int(value, what, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{what} must be a positive integer, got {value!r}")
-
-
-def _class_names(names):
-    """Unique non-empty strings: the model's classes, index i being names[i]."""
-    if isinstance(names, str) or not isinstance(names, (list, tuple)):
-        raise UsageError(f"class names must be a list of strings, got {names!r}")
-    if not all(isinstance(name, str) and name for name in names):
-        raise UsageError(f"class names must be non-empty strings, got {list(names)}")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise UsageError(f"class names must be unique; repeated: {repeated}")
-
-
 class _Section:
     """Dict round trips with one-line errors for unknown keys (a typo in a config file)."""
 
@@ -209,12 +165,12 @@ class ModelConfig(_Section):
     # sampling network
     ema: float = 0.999
     ema_warmup: float = 0.67  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
-    seed: int | None = None
+    seed: int | None = None  # the training noise's; `training.train` sets the run's seed here
 
     def __post_init__(self):
         for name in ("widths", "attention_resolutions"):
             object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
-        _positive_int(self.image_size, "image size")
+        checks.positive_int(self.image_size, "image size")
         if self.channels not in (1, 3):
             raise UsageError(f"channels must be 1 or 3, got {self.channels}")
         if not self.widths or min(self.widths) < 1:
@@ -230,29 +186,47 @@ class ModelConfig(_Section):
             raise UsageError(f"attention resolutions {unknown} are not feature-map sides of this "
                              f"U-Net; choose among {sides} (image size {self.image_size} halved at "
                              "each of the widths)")
-        _positive_int(self.block_depth, "block depth")
-        _positive_int(self.embedding_dims, "embedding dims")
-        _choice(self.norm, NORMALIZATIONS, "normalization")
-        _choice(self.embedding, EMBEDDINGS, "embedding injection")
-        _number(self.dropout, "dropout", 0, 1, high_open=True)
-        _class_names(self.class_names)
+        checks.positive_int(self.block_depth, "block depth")
+        checks.positive_int(self.embedding_dims, "embedding dims")
+        checks.choice(self.norm, NORMALIZATIONS, "normalization")
+        checks.choice(self.embedding, EMBEDDINGS, "embedding injection")
+        checks.number(self.dropout, "dropout", 0, 1, high_open=True)
+        checks.class_names(self.class_names)
         object.__setattr__(self, "class_names", tuple(self.class_names))
-        _number(self.label_dropout, "label dropout", 0, 1, high_open=True)
-        _choice(self.formulation, FORMULATIONS, "formulation")
-        _positive_int(self.timesteps, "timesteps")
+        checks.number(self.label_dropout, "label dropout", 0, 1, high_open=True)
+        checks.choice(self.formulation, FORMULATIONS, "formulation")
+        checks.positive_int(self.timesteps, "timesteps")
         for name, choices in (("schedule", SCHEDULES), ("prediction", TARGETS),
                               ("time_distribution", TIME_DISTRIBUTIONS), ("loss_function", LOSSES),
                               ("loss_target", TARGETS)):
             if getattr(self, name) is not None:
-                _choice(getattr(self, name), choices, name.replace("_", " "))
-        _choice(self.loss_weighting, LOSS_WEIGHTINGS, "loss weighting")
-        _number(self.min_snr_gamma, "min-SNR gamma", 0, low_open=True)
-        _number(self.ema, "ema momentum", 0, 1, high_open=True)
-        _number(self.ema_warmup, "ema warm-up power", 0)
-        _seed(self.seed, allow_none=True)
+                checks.choice(getattr(self, name), choices, name.replace("_", " "))
+        checks.choice(self.loss_weighting, LOSS_WEIGHTINGS, "loss weighting")
+        checks.number(self.min_snr_gamma, "min-SNR gamma", 0, low_open=True)
+        checks.number(self.ema, "ema momentum", 0, 1, high_open=True)
+        checks.number(self.ema_warmup, "ema warm-up power", 0)
+        checks.seed(self.seed, allow_none=True)
         if self.formulation == "ddpm" and self.time_distribution not in (None, "uniform"):
             raise UsageError("the ddpm formulation draws its integer timesteps uniformly; "
                              "drop --time-distribution or use --formulation continuous")
+        self._check_flow()
+
+    def _check_flow(self):
+        """Rectified flow is its straight path: the flow schedule, and only it, is the flow
+        formulation's, and the flow velocity target exists only on that path."""
+        schedule = self.schedule or FORMULATION_DEFAULTS[self.formulation]["schedule"]
+        if self.formulation == "flow" and schedule != "flow":
+            raise UsageError(f"the flow formulation's path is the flow schedule, not {schedule!r}: "
+                             f"drop --schedule, or use --formulation continuous --schedule "
+                             f"{schedule}")
+        if self.formulation != "flow" and schedule == "flow":
+            raise UsageError(f"the flow schedule is the flow formulation's path: use --formulation "
+                             f"flow, or another --schedule with --formulation {self.formulation}")
+        for name in ("prediction", "loss_target"):
+            if getattr(self, name) == "flow" and schedule != "flow":
+                raise UsageError(f"the flow {name.replace('_', ' ')} is the velocity of the flow "
+                                 f"formulation's straight path; with the {self.formulation} "
+                                 "formulation use epsilon, x0 or v, or use --formulation flow")
 
     def resolved(self):
         """This config with every None replaced by what the formulation means by it."""
@@ -280,19 +254,17 @@ class OptimizationConfig(_Section):
     accumulate_steps: int = 1
 
     def __post_init__(self):
-        _positive_int(self.epochs, "epochs")
-        _positive_int(self.batch_size, "batch size")
-        _choice(self.optimizer, OPTIMIZERS, "optimizer")
-        _number(self.learning_rate, "learning rate", 0)
-        _choice(self.learning_rate_schedule, LEARNING_RATE_SCHEDULES, "learning-rate schedule")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or self.warmup_steps < 0:
-            raise UsageError(f"warm-up steps must be a non-negative integer, got {self.warmup_steps!r}")
-        _number(self.weight_decay, "weight decay", 0)
-        _number(self.clip_norm, "gradient clip norm", 0, low_open=True, allow_none=True)
+        checks.positive_int(self.epochs, "epochs")
+        checks.positive_int(self.batch_size, "batch size")
+        checks.choice(self.optimizer, OPTIMIZERS, "optimizer")
+        checks.number(self.learning_rate, "learning rate", 0)
+        checks.choice(self.learning_rate_schedule, LEARNING_RATE_SCHEDULES, "learning-rate schedule")
+        checks.integer(self.warmup_steps, "warm-up steps", 0)
+        checks.number(self.weight_decay, "weight decay", 0)
+        checks.number(self.clip_norm, "gradient clip norm", 0, low_open=True, allow_none=True)
         if self.precision is not None:
-            _choice(self.precision, PRECISIONS, "precision")
-        _positive_int(self.accumulate_steps, "accumulate steps")
+            checks.choice(self.precision, PRECISIONS, "precision")
+        checks.positive_int(self.accumulate_steps, "accumulate steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,12 +286,12 @@ class RunConfig(_Section):
     conditional: bool = False  # learn the class labels (tfds label feature or sub-folder names)
 
     def __post_init__(self):
-        _choice(self.dataset, DATASETS, "dataset")
-        _positive_int(self.limit, "limit", allow_none=True)
-        _number(self.validation_split, "validation split", 0, 1, high_open=True)
-        _positive_int(self.plot_every, "plot every")
-        _positive_int(self.keep_checkpoints, "keep checkpoints")
-        _seed(self.seed)
+        checks.choice(self.dataset, DATASETS, "dataset")
+        checks.positive_int(self.limit, "limit", allow_none=True)
+        checks.number(self.validation_split, "validation split", 0, 1, high_open=True)
+        checks.positive_int(self.plot_every, "plot every")
+        checks.positive_int(self.keep_checkpoints, "keep checkpoints")
+        checks.seed(self.seed)
         if self.tensorboard and None in (importlib.util.find_spec("tensorflow"),
                                          importlib.util.find_spec("tensorboard")):
             raise UsageError("--tensorboard writes through TensorFlow's summary writer: "

@@ -14,7 +14,7 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import backend, cifar10_features, distributed, metrics, runs, samplers, seeding
+from diffusion_keras import backend, checks, cifar10_features, distributed, metrics, runs, samplers
 from diffusion_keras.config import DEFAULT_SAMPLER, default_cache_dir
 from diffusion_keras.data import open_images, preprocess
 from diffusion_keras.errors import UsageError
@@ -143,7 +143,7 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     sampling = {"sampler": DEFAULT_SAMPLER, **(sampling or {})}
     samplers.get_sampler(sampling["sampler"], **{key: value for key, value in sampling.items()
                                                  if key not in ("sampler", "spacing")})
-    seeding.check_seed(seed)
+    checks.seed(seed)
     model = runs.load_checkpoint(checkpoint)
     batch_size = batch_size or backend.default_sample_batch_size()
     if extractor is None:

@@ -5,21 +5,8 @@ no-class token; guidance w extrapolates from the second towards the first: w = 0
 w = 1 plain conditional, w > 1 trades diversity for images more typical of the class.
 """
 
-import math
 
-import numpy as np
 from keras import ops
-
-from diffusion_keras.errors import UsageError
-
-
-def check_guidance(guidance):
-    """A finite weight >= 0, checked eagerly: inside the compiled loop a bad one would only show
-    as bad images."""
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(guidance) or guidance < 0:
-        raise UsageError(f"guidance must be a non-negative number (0: unconditional, 1: conditional, "
-                         f"above 1: stronger), got {guidance!r}")
 
 
 def guided_denoiser(denoise, labels, guidance, null_label):

@@ -80,6 +80,23 @@ class PreparedImages:
             os.close(self.file)
 
 
+def open_prepared_file(path):
+    """A prepared file (`.u8`, its `.json` description beside it) on its own: one copied to a
+    machine that lacks the images it was prepared from (the GPU suite's data)."""
+    stem = path[:-3] if path.endswith(".u8") else path
+    try:
+        with open(stem + ".json") as file:
+            description = json.load(file)
+    except (OSError, ValueError):
+        raise UsageError(f"{stem}.u8 is not a prepared image file with its description "
+                         f"{stem}.json beside it; make one with data.open_images (train.py "
+                         "prepares one in its cache folder)") from None
+    described, problem = read_description(stem + ".u8", stem + ".json", description.get("key"))
+    if described is None:
+        raise UsageError(f"the prepared images {stem}.u8 are {problem}; copy them again")
+    return PreparedImages(stem + ".u8", described)
+
+
 def cache_key(source, image_size, channels):
     settings = {"format": FORMAT_VERSION, "source": source.description, "image_size": image_size,
                 "channels": channels}

@@ -7,7 +7,6 @@ guidance (`guidance`).
 """
 
 import functools
-import math
 import time
 
 import keras
@@ -18,23 +17,20 @@ from keras import layers, ops
 # name it as their optimizer
 from diffusion_keras import (  # noqa: F401
     backend,
+    checks,
     distributed,
     interrupts,
     optimizers,
     samplers,
     seeding,
-    targets,
 )
 from diffusion_keras.config import DEFAULT_SAMPLER, ModelConfig
 from diffusion_keras.errors import NonFiniteSamples, UsageError
-from diffusion_keras.guidance import check_guidance, guided_denoiser
-from diffusion_keras.schedules import get_schedule, log_sigma_table, times_of_log_sigmas
+from diffusion_keras.formulation import Formulation
+from diffusion_keras.guidance import guided_denoiser
 from diffusion_keras.unet import build_unet
 
 NETWORKS = ("ema", "online")  # the weights `denoise` and `generate` can use, besides a network
-
-EDM_LOG_SIGMA_MEAN = -1.2 + math.log(2.0)  # Karras et al.'s P_mean for sigma_data 0.5; ours is 1
-EDM_LOG_SIGMA_STD = 1.2
 
 
 def ema_momentum(updates, ema, warmup):
@@ -49,13 +45,12 @@ def ema_momentum(updates, ema, warmup):
 class DiffusionModel(keras.Model):
     """Denoising diffusion model with an EMA copy of its U-Net, sampled with any sampler.
 
-    Its settings are a `ModelConfig` (pass one, or its fields as keywords): `formulation="continuous"`
-    (keras-io DDIM) trains on times in [0, 1]; `"ddpm"` (Ho et al. 2020) on integer timesteps
-    k = 1..`timesteps`, i.e. times k / T, with the linear beta schedule; `"flow"` on rectified flow's
-    straight path with a velocity target. Either way the network is conditioned on the noise variance,
-    a one-to-one function of time, so one network serves every sampler. `prediction` is what the
-    network outputs; `loss_function` (mae or mse) is measured in `loss_target`'s space, weighted
-    across noise levels by `loss_weighting`; `time_distribution` is how training times are drawn.
+    Its settings are a `ModelConfig` (pass one, or its fields as keywords); what it learns is its
+    `formulation` (`formulation.Formulation`): `"continuous"` (keras-io DDIM) trains on times in
+    [0, 1]; `"ddpm"` (Ho et al. 2020) on integer timesteps k = 1..`timesteps`, i.e. times k / T,
+    with the linear beta schedule; `"flow"` on rectified flow's straight path with a velocity
+    target. Either way the network is conditioned on the noise variance, a one-to-one function of
+    time, so one network serves every sampler.
     With `class_names` the network also takes a class index per image (`len(class_names)`: the
     no-class token that label dropout trains and guidance subtracts).
     """
@@ -67,10 +62,7 @@ class DiffusionModel(keras.Model):
         config = (config or ModelConfig()).replace(**settings).resolved()
         super().__init__(**kwargs)
         self.config = config
-        self.diffusion_schedule = get_schedule(config.schedule)
-        if config.schedule == "linear":  # T linear betas: time k / T is exactly DDPM's step k
-            self.diffusion_schedule = functools.partial(self.diffusion_schedule,
-                                                        timesteps=config.timesteps)
+        self.formulation = Formulation(config)  # schedule, target, training times and loss
         self.normalizer = layers.Normalization(axis=-1, dtype="float32")  # exact in mixed precision
         self.normalizer.build((None, *self.image_shape))
         with backend.dtype_policy(self.dtype_policy):  # e.g. mixed_bfloat16, saved in the config
@@ -84,9 +76,6 @@ class DiffusionModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(config.seed)
         self.noise_loss_tracker = keras.metrics.Mean(name="noise_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="image_loss")
-        # computed eagerly, outside any traced step: noise levels -> times, for sigma-spaced sampling
-        # grids and EDM's training noise levels
-        self.log_sigma_table = log_sigma_table(self.diffusion_schedule)
         self._samplers = {}
         self.built = True
 
@@ -143,8 +132,8 @@ class DiffusionModel(keras.Model):
         elif labels is not None:
             self._require_classes()  # raises: an unconditional network takes no labels
         outputs = network(inputs, training=training)
-        return targets.to_noises_and_images(outputs, noisy_images, noise_rates, signal_rates,
-                                            self.config.prediction)
+        return self.formulation.to_noises_and_images(outputs, noisy_images, noise_rates,
+                                                     signal_rates)
 
     def network_for(self, network):
         """"ema" (the averaged weights, what sampling uses by default), "online" (the weights the
@@ -195,26 +184,19 @@ class DiffusionModel(keras.Model):
         return self.normalizer(images)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Noise the normalised batch at random times and score the prediction (`loss_function` in
-        `loss_target`'s space, weighted by `loss_weighting`); the noise and image MAE are tracked
-        whatever the loss. `y`: a class-conditional model's labels (batch,) or (batch, 1)."""
-        config = self.config
+        """Noise the normalised batch at the formulation's random times and score the prediction
+        by its loss; the noise and image MAE are tracked whatever the loss. `y`: a
+        class-conditional model's labels (batch,) or (batch, 1)."""
         images = y_pred
         noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
-        diffusion_times = self.training_times(ops.shape(images)[0])
-        noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
-        noisy_images = signal_rates * images + noise_rates * noises
+        diffusion_times = self.formulation.training_times(ops.shape(images)[0], self.seed_generator)
+        noisy_images, noise_rates, signal_rates = self.formulation.noisy(images, noises,
+                                                                         diffusion_times)
         labels = self.training_labels(y, training)
         pred_noises, pred_images = self.denoise(noisy_images, noise_rates, signal_rates, training,
                                                 labels)
-
-        errors = (targets.target_values(noises, images, noise_rates, signal_rates, config.loss_target)
-                  - targets.target_values(pred_noises, pred_images, noise_rates, signal_rates,
-                                          config.loss_target))
-        errors = ops.abs(errors) if config.loss_function == "mae" else ops.square(errors)
-        if config.loss_weighting == "min_snr":
-            errors = errors * self.min_snr_weights(noise_rates, signal_rates)
-        loss = ops.mean(errors)
+        loss = self.formulation.loss(noises, images, pred_noises, pred_images, noise_rates,
+                                     signal_rates)
         noise_loss = ops.mean(ops.abs(noises - pred_noises))
         image_loss = ops.mean(ops.abs(images - pred_images))
         self.noise_loss_tracker.update_state(noise_loss)
@@ -240,32 +222,6 @@ class DiffusionModel(keras.Model):
         dropped = keras.random.uniform(ops.shape(labels), seed=self.seed_generator) \
             < self.config.label_dropout
         return ops.where(dropped, self.null_label, labels)
-
-    def min_snr_weights(self, noise_rates, signal_rates):
-        """Min-SNR-gamma (Hang et al. 2023): weight min(SNR, gamma) on the squared clean-image error,
-        turned into the loss target's space (its square root for an absolute error)."""
-        snrs = ops.square(signal_rates / ops.maximum(noise_rates, targets.MIN_RATE))
-        weights = ops.minimum(snrs, self.config.min_snr_gamma) / ops.square(
-            targets.x0_error_scales(noise_rates, signal_rates, self.config.loss_target))
-        return ops.sqrt(weights) if self.config.loss_function == "mae" else weights
-
-    def training_times(self, batch_size):
-        """Training times by `time_distribution`: uniform in [0, 1]; logit-normal (Esser et al.
-        2024); or EDM's log-normal noise levels (Karras et al. 2022), log(noise / signal) ~
-        N(-1.2 + log 2, 1.2^2) for unit-variance data, mapped to the schedule's times. The DDPM
-        formulation draws integer timesteps k = 1..T uniformly, as times k / T."""
-        shape = (batch_size, 1, 1, 1)
-        distribution = self.config.time_distribution
-        if self.config.formulation == "ddpm":
-            steps = keras.random.randint(shape, 1, self.config.timesteps + 1, seed=self.seed_generator)
-            return ops.cast(steps, "float32") / self.config.timesteps
-        if distribution == "uniform":
-            return keras.random.uniform(shape, seed=self.seed_generator)
-        normals = keras.random.normal(shape, seed=self.seed_generator)
-        if distribution == "logit_normal":
-            return ops.sigmoid(normals)
-        return times_of_log_sigmas(self.log_sigma_table,
-                                   EDM_LOG_SIGMA_MEAN + EDM_LOG_SIGMA_STD * normals)
 
     def restart_training_noise(self, epoch):
         """Start epoch `epoch`'s training noise from (seed, epoch) (`seeding.epoch_seed`).
@@ -304,8 +260,8 @@ class DiffusionModel(keras.Model):
     def sampling_times(self, diffusion_steps, spacing="uniform"):
         """The times the network is called at (`samplers.sampling_times`); on the model's integer
         timesteps for the DDPM formulation."""
-        timesteps = self.config.timesteps if self.config.formulation == "ddpm" else None
-        return samplers.sampling_times(diffusion_steps, spacing, self.log_sigma_table, timesteps)
+        return samplers.sampling_times(diffusion_steps, spacing, self.formulation.log_sigma_table,
+                                       self.formulation.timesteps)
 
     def reverse_diffusion(self, initial_noise, diffusion_times, sampler=DEFAULT_SAMPLER,
                           step_seeds=None, callback=None, labels=None, guidance=None, network="ema",
@@ -319,12 +275,12 @@ class DiffusionModel(keras.Model):
             denoise = functools.partial(denoise, labels=labels)
         else:
             denoise = guided_denoiser(denoise, labels, guidance, self.null_label)
-        return sample(denoise, initial_noise, diffusion_times, self.diffusion_schedule,
+        return sample(denoise, initial_noise, diffusion_times, self.formulation.schedule,
                       step_seeds=step_seeds, callback=callback)
 
     def initial_noise(self, num_images, seed=0, first_image=0):
         """The seeded starting noise of images first_image.. (`seeding`: NumPy, every backend)."""
-        seeding.check_seed(seed)
+        checks.seed(seed)
         return seeding.initial_noise(seed, first_image, num_images, self.image_shape)
 
     def generate(self, num_images, diffusion_steps=20, initial_noise=None, seed=None,
@@ -352,37 +308,20 @@ class DiffusionModel(keras.Model):
         """
         record = samplers.sampler_record(sampler)
         record.bind(**options)  # bad settings fail here, before any work
-        spacing = spacing or record.default_spacing
         chosen = self.network_for(network)
-        times = self.sampling_times(diffusion_steps, spacing)
-        if initial_noise is not None:
-            initial_noise = np.asarray(ops.convert_to_numpy(initial_noise), dtype="float32")
-            if initial_noise.shape[1:] != self.image_shape:
-                raise UsageError(f"initial noise must be shaped (N, *{self.image_shape}) for this "
-                                 f"model, got {initial_noise.shape}")
-            num_images = len(initial_noise)
-        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) \
-                or num_images < 1:
-            raise UsageError(f"number of images must be a positive integer, got {num_images!r}")
+        times = self.sampling_times(diffusion_steps, spacing or record.default_spacing)
+        initial_noise, num_images = self._checked_noise(initial_noise, num_images)
         labels = self._sampling_labels(labels, num_images)
-        check_guidance(guidance)
-        if guidance != 1 and labels is None:
-            raise UsageError(f"guidance {guidance} steers towards classes: pass labels too (class "
-                             "indices of a class-conditional model), or leave guidance at 1")
-        guidance = np.array(guidance, "float32") if guidance != 1 else None  # w = 1: one call
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2**31 - 1))
-        seeding.check_seed(seed)
+        guidance = self._checked_guidance(guidance, labels)
+        seed = seeding.fresh_seed() if seed is None else seed
+        checks.seed(seed)
         batch_size = distributed.batch_size_for_devices(  # split over the devices, if several
             min(batch_size or backend.default_sample_batch_size(), num_images))
-        stochastic = record.is_stochastic(options)  # else no step seeds to draw
         if callback is None:
             sample = self._compiled_sampler(times, sampler, options, chosen)
-        else:
-            def sample(noise, step_seeds, labels, guidance):
-                return self.denormalize(self.reverse_diffusion(
-                    noise, times, sampler, step_seeds, callback, labels, guidance, chosen,
-                    **options))
+        else:  # eagerly, step by step, so the callback sees every step
+            sample = self._sampling_loop(times, sampler, options, chosen, callback)
+        stochastic = record.is_stochastic(options)  # else no step seeds to draw
         show = num_images > batch_size if verbose == "auto" else bool(verbose)
         progress = keras.utils.Progbar(num_images, unit_name="image",
                                        stateful_metrics=["images/s"]) if show else None
@@ -394,24 +333,40 @@ class DiffusionModel(keras.Model):
             step_seeds = (seeding.step_seeds(seed, first_image + start, count, len(times) - 1)
                           if stochastic else np.zeros((len(times) - 1, count, 2), "int32"))
             batch_labels = None if labels is None else labels[start:start + count]
-            if count < batch_size:  # a full batch keeps one compiled shape; the rest is discarded
-                padding = batch_size - count
-                noise = np.pad(noise, ((0, padding), (0, 0), (0, 0), (0, 0)))
-                step_seeds = np.pad(step_seeds, ((0, 0), (0, padding), (0, 0)))
-                if batch_labels is not None:
-                    batch_labels = np.pad(batch_labels, (0, padding))
-            if batch_labels is not None:
-                batch_labels = distributed.shard_batch(batch_labels)
-            images = sample(distributed.shard_batch(noise), step_seeds, batch_labels, guidance)
-            batches.append(distributed.to_numpy(images)[:count])
-            if not np.isfinite(batches[-1]).all():
+            inputs = padded_batch(noise, step_seeds, batch_labels, batch_size)
+            images = distributed.to_numpy(sample(*inputs, guidance))[:count]
+            if not np.isfinite(images).all():
                 raise NonFiniteSamples("the model sampled non-finite values (NaN or infinity): its "
                                        "weights have diverged; use an earlier checkpoint")
+            batches.append(images)
             interrupts.check()  # a Ctrl-C stops here, between batches
             if progress is not None:
                 done = start + count
                 progress.update(done, [("images/s", done / (time.perf_counter() - started))])
         return np.concatenate(batches)
+
+    def _checked_noise(self, initial_noise, num_images):
+        """(initial noise as float32 NumPy or None, the number of images it or `num_images` asks
+        for), checked against this model's image shape."""
+        if initial_noise is not None:
+            initial_noise = np.asarray(ops.convert_to_numpy(initial_noise), dtype="float32")
+            if initial_noise.shape[1:] != self.image_shape:
+                raise UsageError(f"initial noise must be shaped (N, *{self.image_shape}) for this "
+                                 f"model, got {initial_noise.shape}")
+            num_images = len(initial_noise)
+        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) \
+                or num_images < 1:
+            raise UsageError(f"number of images must be a positive integer, got {num_images!r}")
+        return initial_noise, num_images
+
+    @staticmethod
+    def _checked_guidance(guidance, labels):
+        """Guidance w as the compiled loop's input: None for w = 1 (one network call per step)."""
+        checks.guidance(guidance)
+        if guidance != 1 and labels is None:
+            raise UsageError(f"guidance {guidance} steers towards classes: pass labels too (class "
+                             "indices of a class-conditional model), or leave guidance at 1")
+        return np.array(guidance, "float32") if guidance != 1 else None
 
     def _sampling_labels(self, labels, num_images):
         """`generate`'s labels as an int32 array (num_images,), checked; None stays None."""
@@ -431,16 +386,36 @@ class DiffusionModel(keras.Model):
                              f"0-{self.null_label - 1} ({list(self.config.class_names)})")
         return labels.astype("int32")
 
+    def _sampling_loop(self, diffusion_times, sampler, options, network, callback=None):
+        """The whole sampling loop, then denormalisation, as one function of (initial noise, step
+        seeds, labels, guidance); labels and guidance None: none."""
+        def sample(initial_noise, step_seeds, labels, guidance):
+            return self.denormalize(self.reverse_diffusion(
+                initial_noise, diffusion_times, sampler, step_seeds, callback, labels, guidance,
+                network, **options))
+
+        return sample
+
     def _compiled_sampler(self, diffusion_times, sampler, options, network):
-        """One compiled function per sampler setting and network: the whole sampling loop, then
-        denormalisation; `labels` and `guidance` are its inputs (None: none, compiled apart)."""
+        """`_sampling_loop` compiled, once per sampler setting and network (labels and guidance
+        are its inputs, so a guidance sweep compiles once; None compiles apart)."""
         key = (tuple(diffusion_times.tolist()), sampler, tuple(sorted(options.items())), network)
         if key not in self._samplers:
-            def sample(initial_noise, step_seeds, labels, guidance):
-                return self.denormalize(self.reverse_diffusion(
-                    initial_noise, diffusion_times, sampler, step_seeds, None, labels, guidance,
-                    network, **options))
-
             variables = network.variables + self.normalizer.variables
-            self._samplers[key] = backend.compile_function(sample, variables)
+            self._samplers[key] = backend.compile_function(
+                self._sampling_loop(diffusion_times, sampler, options, network), variables)
         return self._samplers[key]
+
+
+def padded_batch(noise, step_seeds, labels, batch_size):
+    """One batch of sampling inputs padded to `batch_size` rows (so every batch runs the one
+    compiled shape; the padding's images are discarded) and split over the devices."""
+    padding = batch_size - len(noise)
+    if padding:
+        noise = np.pad(noise, ((0, padding), (0, 0), (0, 0), (0, 0)))
+        step_seeds = np.pad(step_seeds, ((0, 0), (0, padding), (0, 0)))
+        if labels is not None:
+            labels = np.pad(labels, (0, padding))
+    if labels is not None:
+        labels = distributed.shard_batch(labels)
+    return distributed.shard_batch(noise), step_seeds, labels

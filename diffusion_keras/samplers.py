@@ -120,14 +120,16 @@ def ddim(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, 
         pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
         if eta == 0.0:  # deterministic: no variance to compute on every step
             return (next_signal_rates * pred_images + next_noise_rates * pred_noises,), pred_images
-        # sigma^2 = eta^2 (1 - a_next) / (1 - a) (1 - a / a_next), the posterior variance times eta^2
-        sigmas = eta * ops.sqrt(ops.maximum(
+        # the fresh noise's std (DDIM's sigma_t; not EDM's sigma = noise / signal, as in `heun`):
+        # std^2 = eta^2 (1 - a_next) / (1 - a) (1 - a / a_next), the posterior variance times eta^2
+        step_noise_stds = eta * ops.sqrt(ops.maximum(
             ops.square(next_noise_rates / noise_rates)
             * (1.0 - ops.square(signal_rates / next_signal_rates)), 0.0))
-        direction_rates = ops.sqrt(ops.maximum(ops.square(next_noise_rates) - ops.square(sigmas), 0.0))
+        direction_rates = ops.sqrt(ops.maximum(
+            ops.square(next_noise_rates) - ops.square(step_noise_stds), 0.0))
         noises = fresh_noise(step_seeds, index, noisy_images)
-        return (next_signal_rates * pred_images + direction_rates * pred_noises + sigmas * noises,
-                ), pred_images
+        return (next_signal_rates * pred_images + direction_rates * pred_noises
+                + step_noise_stds * noises,), pred_images
 
     return run_steps(step, denoise, initial_noise, diffusion_times, schedule, callback=callback)
 

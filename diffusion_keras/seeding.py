@@ -19,14 +19,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from diffusion_keras.errors import UsageError
-
 INITIAL_NOISE, STEP_NOISE, EPOCH_NOISE = 0, 1, 2
 
 
-def check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+def fresh_seed():
+    """A seed from the operating system's entropy, for an unseeded call: never drawn from a
+    training random stream, which it would move."""
+    return int(np.random.default_rng().integers(2**31 - 1))
 
 
 def _stream(seed, index, stream):

@@ -149,6 +149,8 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     Batches are read as training goes, so only a few are in memory at once. With
     `config.run.distribute` (JAX) the model trains data-parallel on every device (`distributed`);
     each process reads its share of every batch and only process 0 writes the run folder.
+    `config.run.seed` seeds everything: the split, the data order, the model's noise (its
+    `ModelConfig.seed`, which must be unset or the same).
     `resume_from` (a `runs.resume_point(run_dir)`) continues that run after its last completed
     epoch: its model (optimizer, EMA and normaliser state), log and best value carry on, and data
     order and noise are drawn from (seed, epoch), so the result matches an uninterrupted run.
@@ -161,6 +163,10 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
     if resume_from is not None:
         check_resume(run_dir, config, resume_from)
+    elif config.model.seed not in (None, seed):
+        raise UsageError(f"the model's seed {config.model.seed} is not the run's seed {seed}: a run "
+                         "has one seed, config.run.seed, which train gives the model; leave "
+                         "config.model.seed unset (None)")
     if run.distribute:
         distributed.start(batch_size)  # before any variable is made
     quiet.set_random_seed(seed)
@@ -168,7 +174,6 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     labels, class_names = run_classes(images, run.conditional, labels, class_names)
     shard = (distributed.process_index(), distributed.process_count())
     batches = ImageBatches(images, batch_size, flip=run.resolved_flip(), seed=seed,
-                           epoch=0 if resume_from is None else resume_from.epoch,
                            indices=train_indices, shard=shard, labels=labels)
     if resume_from is None:
         model_config = config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
@@ -185,9 +190,9 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     if validation_indices is not None:  # in batches of up to batch_size that split over the devices
         devices = distributed.device_count()
         validation_batch = min(batch_size, len(validation_indices)) // devices * devices
-        validation = backend.as_fit_input(ImageBatches(
+        validation = ImageBatches(
             images, validation_batch, flip=False, shuffle=False, indices=validation_indices,
-            shard=shard, labels=labels))
+            shard=shard, labels=labels).fit_input()
     writer = distributed.is_writer()  # the other processes compute in step and write nothing
     if writer:  # only now: a run that cannot start leaves no folder behind
         if resume_from is None:
@@ -199,7 +204,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
                         {**saved.to_dict(), METADATA: {"num_images": len(images)}})
     written_by = run_dir if writer else None
     model.fit(
-        backend.as_fit_input(batches, initial_epoch, epochs),
+        batches.fit_input(initial_epoch, epochs),
         steps_per_epoch=len(batches),
         epochs=epochs,
         initial_epoch=initial_epoch,

@@ -66,7 +66,7 @@ def test_a_non_positive_peak_is_one_line_and_exit_2(capsys):
         bench_cli.main(["--peak-tflops", "0"])
     assert exit.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("--peak-tflops: must be a positive number, got 0.0 (see --help)")
+    assert err.endswith("--peak-tflops: must be positive, got 0.0 (see --help)")
     assert len(err.splitlines()) == 1
 
 

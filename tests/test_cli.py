@@ -117,6 +117,8 @@ def assert_one_line_error(capsys, message):
     (["--data-dir", "{file}"], "is not a folder"),
     (["--data-dir", "{missing}", "--seed", "-1"], "seed must be a non-negative integer"),
     (["--data-dir", "{missing}", "--learning-rate", "nan"], "learning rate must be a finite number"),
+    (["--data-dir", "{folder}", "--formulation", "flow", "--schedule", "offset_cosine",
+      "--prediction", "epsilon"], "the flow formulation's path is the flow schedule"),
 ])
 def test_train_bad_input_is_one_line_and_exit_2_with_no_run_folder(argv, message, tiny_folder,
                                                                    tmp_path, capsys):

@@ -256,7 +256,7 @@ def test_generate_cli_class_all_and_plain_grids_of_a_conditional_model(checkpoin
 @pytest.mark.parametrize("conditional, argv, message", [
     (True, ["--class", "blue"], "unknown class 'blue'"),
     (True, ["--guidance", "3"], "--guidance steers towards classes: add --class"),
-    (True, ["--class", "red", "--guidance", "1,-2"], "--guidance: must be non-negative numbers"),
+    (True, ["--class", "red", "--guidance", "1,-2"], "--guidance: must be non-negative, got -2.0"),
     (False, ["--class", "red"], "need a class-conditional model"),
 ])
 def test_generate_cli_bad_classes_are_one_line_before_any_folder(conditional, argv, message,

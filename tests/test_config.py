@@ -1,6 +1,7 @@
 """Settings in one home: round trips, the formulation's defaults, files with flags on top."""
 
 import json
+import os
 import re
 
 import pytest
@@ -49,6 +50,12 @@ def test_unset_settings_take_the_formulation_defaults(formulation):
     (ModelConfig, {"formulation": "score"}, "unknown formulation"),
     (ModelConfig, {"loss_weighting": "snr"}, "unknown loss weighting"),
     (ModelConfig, {"formulation": "ddpm", "time_distribution": "lognormal"}, "integer timesteps"),
+    (ModelConfig, {"formulation": "flow", "schedule": "offset_cosine", "prediction": "epsilon"},
+     "the flow formulation's path is the flow schedule, not 'offset_cosine'"),
+    (ModelConfig, {"formulation": "continuous", "schedule": "flow"},
+     "the flow schedule is the flow formulation's path"),
+    (ModelConfig, {"formulation": "ddpm", "prediction": "flow"}, "the flow prediction is the velocity"),
+    (ModelConfig, {"formulation": "continuous", "loss_target": "flow"}, "the flow loss target"),
     (OptimizationConfig, {"learning_rate": -1.0}, "learning rate must be non-negative"),
     (OptimizationConfig, {"optimizer": "sgd"}, "unknown optimizer"),
     (OptimizationConfig, {"warmup_steps": -1}, "warm-up steps"),
@@ -122,3 +129,22 @@ def test_a_preset_sits_under_recipes_and_flags():
     assert config.model.image_size == 64 and config.model.attention_resolutions == (16, 8)
     assert config.model.ema == 0.999  # the recipe's, on top of the preset's 0.9995
     assert config.optimization.batch_size == 16 and config.optimization.clip_norm == 1.0
+
+
+def test_a_model_seed_other_than_the_runs_is_refused_before_any_folder(tmp_path):
+    import numpy as np
+
+    from diffusion_keras import training
+
+    images = np.zeros((16, 16, 16, 3), "uint8")
+    config = TrainingConfig(ModelConfig(seed=5), run=RunConfig(seed=0))
+    with pytest.raises(UsageError, match="the model's seed 5 is not the run's seed 0"):
+        training.train(images, str(tmp_path / "run"), config)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_config_file_template_does_not_carry_its_model_seed(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": {"seed": 3}, "run": {"seed": 3}}))
+    config = train.config_from_args(train.parser().parse_args(["--config", str(path), "--seed", "7"]))
+    assert config.model.seed is None and config.run.seed == 7

@@ -143,7 +143,6 @@ def test_fewer_images_than_a_batch_is_an_error():
 @pytest.mark.slow
 def test_validation_through_the_fit_input_averages_every_batch(recwarn):
     """An untrained network predicts zero noise, so the validation noise MAE is E|N(0, 1)| = 0.798."""
-    from diffusion_keras import backend
     from diffusion_keras.config import ModelConfig, OptimizationConfig
     from diffusion_keras.training import build_model
 
@@ -152,9 +151,9 @@ def test_validation_through_the_fit_input_averages_every_batch(recwarn):
                                     formulation="continuous"),  # epsilon prediction
                         OptimizationConfig(learning_rate=0.0))
     model.normalizer.adapt(images)
-    validation = backend.as_fit_input(ImageBatches(images, 8, flip=False, shuffle=False))
+    validation = ImageBatches(images, 8, flip=False, shuffle=False).fit_input()
     for _ in range(2):  # the second pass reuses Keras' validation iterator
-        history = model.fit(backend.as_fit_input(ImageBatches(images, 8)), steps_per_epoch=4,
+        history = model.fit(ImageBatches(images, 8).fit_input(), steps_per_epoch=4,
                             validation_data=validation, verbose=0)
         assert history.history["val_noise_loss"][0] == pytest.approx(0.798, abs=0.03)
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]

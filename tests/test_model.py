@@ -127,7 +127,8 @@ DDPM_TINY = {**TINY, "formulation": "ddpm", "timesteps": 50, "prediction": "v",
 def test_ddpm_formulation_trains_on_integer_timesteps_and_round_trips(tiny_images, tmp_path):
     model = DiffusionModel(seed=0, **DDPM_TINY)
     assert model.get_config()["schedule"] == "linear"
-    times = keras.ops.convert_to_numpy(model.training_times(256)).ravel() * 50
+    times = model.formulation.training_times(256, model.seed_generator)
+    times = keras.ops.convert_to_numpy(times).ravel() * 50
     np.testing.assert_allclose(times, np.round(times), atol=1e-4)
     assert times.min() >= 1 and times.max() <= 50 and len(np.unique(np.round(times))) > 40
     model.normalizer.adapt(tiny_images)
@@ -268,9 +269,10 @@ def test_learning_rate_warms_up_then_stays_or_decays():
 @pytest.mark.parametrize("distribution", ["uniform", "logit_normal", "lognormal"])
 def test_training_times_follow_their_distribution(distribution):
     model = DiffusionModel(seed=0, formulation="continuous", time_distribution=distribution, **TINY)
-    times = keras.ops.convert_to_numpy(model.training_times(4000)).ravel()
+    times = model.formulation.training_times(4000, model.seed_generator)
+    times = keras.ops.convert_to_numpy(times).ravel()
     assert times.min() >= 0.0 and times.max() <= 1.0
-    noise_rates, signal_rates = map(keras.ops.convert_to_numpy, model.diffusion_schedule(times))
+    noise_rates, signal_rates = map(keras.ops.convert_to_numpy, model.formulation.schedule(times))
     log_sigmas = np.log(noise_rates / signal_rates)
     if distribution == "uniform":
         assert abs(times.mean() - 0.5) < 0.02
@@ -281,7 +283,7 @@ def test_training_times_follow_their_distribution(distribution):
         inside = (log_sigmas > -1.09) & (log_sigmas < 3.89)
         from math import erf, sqrt
 
-        from diffusion_keras.model import EDM_LOG_SIGMA_MEAN, EDM_LOG_SIGMA_STD
+        from diffusion_keras.formulation import EDM_LOG_SIGMA_MEAN, EDM_LOG_SIGMA_STD
         cdf = lambda x: 0.5 * (1 + erf((x - EDM_LOG_SIGMA_MEAN) / (EDM_LOG_SIGMA_STD * sqrt(2))))  # noqa: E731
         assert abs(inside.mean() - (cdf(3.89) - cdf(-1.09))) < 0.03
         assert abs(np.median(log_sigmas) - EDM_LOG_SIGMA_MEAN) < 0.05
@@ -293,7 +295,7 @@ def test_min_snr_weights_cap_the_clean_image_weight_at_gamma():
     noise_rates = np.array([0.1, 0.6, 0.99], "float32").reshape(3, 1, 1, 1)
     signal_rates = np.sqrt(1 - noise_rates**2)
     snrs = (signal_rates / noise_rates) ** 2
-    weights = keras.ops.convert_to_numpy(model.min_snr_weights(noise_rates, signal_rates))
+    weights = keras.ops.convert_to_numpy(model.formulation.min_snr_weights(noise_rates, signal_rates))
     np.testing.assert_allclose(weights, np.minimum(snrs, 5.0) / snrs, rtol=1e-5)  # epsilon space
 
 

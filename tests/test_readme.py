@@ -6,6 +6,7 @@ import importlib.util
 import os
 import re
 import shlex
+import sys
 
 import pytest
 
@@ -24,6 +25,8 @@ PAGES = ["README.md", "BENCHMARKS.md", *sorted(
 
 def benchmark_parser(script):
     """The argparse parser of a `benchmarks/` script that has one (`parser()`), else None."""
+    if os.path.join(ROOT, "benchmarks") not in sys.path:  # as running the script puts it there
+        sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     spec = importlib.util.spec_from_file_location(os.path.basename(script)[:-3],
                                                   os.path.join(ROOT, script))
     module = importlib.util.module_from_spec(spec)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from diffusion_keras import seeding
+from diffusion_keras import checks, seeding
 from diffusion_keras.errors import UsageError
 
 SHAPE = (4, 4, 1)
@@ -45,7 +45,7 @@ def test_no_two_streams_collide():
 @pytest.mark.parametrize("seed", [-1, 1.5, True, "3"])
 def test_bad_seeds_are_rejected(seed):
     with pytest.raises(UsageError, match="non-negative integer"):
-        seeding.check_seed(seed)
+        checks.seed(seed)
 
 
 def images_for_every_setting(checkpoint, output):

@@ -124,13 +124,20 @@ def test_an_extra_average_with_the_models_own_settings_is_the_models_ema():
     assert max(np.abs(a - b).max() for a, b in zip(extra.averages["ema-p0.5"], ema)) > 1e-4
 
 
-def test_bad_extra_ema_powers_grids_and_calls_are_one_line_before_any_work(tmp_path):
-    for flags in (["--extra-ema-powers", "0.6,abc"], ["--extra-ema-powers", "-1"],
-                  ["--spacing", "uniform,log-snr"], ["--steps", "10,x"], ["--steps", "0"],
-                  ["--repeats", "0"]):
-        with pytest.raises(SystemExit, match="error: .*EMA|error: --extra-ema-powers|"
-                                             "error: unknown --spacing|error: --steps|"
-                                             "error: --repeats"):
-            time_to_quality.main(["--data-dir", str(tmp_path / "absent"), *flags,
-                                  "--results-root", str(tmp_path / "results")])
+@pytest.mark.parametrize("flags, message", [
+    (["--extra-ema-powers", "0.6,abc"], "--extra-ema-powers: must be comma-separated numbers"),
+    (["--extra-ema-powers", "-1"], "--extra-ema-powers: must be positive, got -1.0"),
+    (["--extra-ema-max", "1"], "--extra-ema-max: must be in (0, 1), got 1.0"),
+    (["--spacing", "uniform,log-snr"], "--spacing: unknown grid 'log-snr'"),
+    (["--steps", "10,x"], "--steps: must be comma-separated integers"),
+    (["--steps", "0"], "--steps: must be a positive integer, got 0"),
+    (["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    (["--recipes", "keras-io,nope"], "unknown recipe(s) ['nope']"),
+])
+def test_bad_flags_are_one_line_before_any_work(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        time_to_quality.main(["--data-dir", str(tmp_path / "absent"), *flags,
+                              "--results-root", str(tmp_path / "results")])
+    error = capsys.readouterr().err + str(exit.value)  # argparse's line, or sys.exit's
+    assert message in error and len(error.strip().splitlines()) == 1, error
     assert not os.listdir(tmp_path)

@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 
+from diffusion_keras.checks import positive_int_argument
 from diffusion_keras.config import default_cache_dir
 from diffusion_keras.errors import UsageError
 from diffusion_keras.quiet import quiet_native_logs
@@ -33,61 +34,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive(kind, what):
-    """An argparse type: a `kind` (int or float) > 0, with a one-line error otherwise."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {value}")
-        return value
-
-    return parse
-
-
-positive_int = positive(int, "integer")
-
-
-def non_negative_int(text):
-    """argparse type: an integer >= 0 (seeds), with a one-line error otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
-
-positive_float = positive(float, "number")
-
-
-def int_list(text):
-    """argparse type: comma-separated positive integers, e.g. 32,64,96,128 ('' for none)."""
-    if not text.strip():
-        return []
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"must be positive integers, got {text!r}")
-    return values
-
-
-def non_negative_float_list(text):
-    """argparse type: comma-separated numbers >= 0, e.g. 0,1,3,7 (guidance weights)."""
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
-    if not all(value >= 0 for value in values):  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be non-negative numbers, got {text!r}")
-    return values
 
 
 EXTRAS = {"jax": "jax", "torch": "torch"}  # optional dependencies, as pyproject.toml names them
@@ -153,7 +99,7 @@ def add_sampling_arguments(parser, steps=20):
     group.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES,
                        help="dpmpp2m (DPM-Solver++(2M)), dpmpp3m, ddim, ddpm (ancestral) or heun "
                             "(2 network calls a step)")
-    group.add_argument("--steps", type=positive_int, default=steps,
+    group.add_argument("--steps", type=positive_int_argument, default=steps,
                        help="sampling steps (network calls; Heun: 2 x steps - 1)")
     group.add_argument("--spacing", choices=SPACINGS,
                        help="time grid (default: the sampler's most accurate, see README)")

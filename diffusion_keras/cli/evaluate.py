@@ -2,13 +2,12 @@
 
 import sys
 
+from diffusion_keras.checks import non_negative_int_argument, positive_int_argument
 from diffusion_keras.cli import (
     Parser,
     add_checkpoint_argument,
     add_distribute_argument,
     add_sampling_arguments,
-    non_negative_int,
-    positive_int,
     run,
     sampling_settings,
 )
@@ -18,12 +17,13 @@ from diffusion_keras.config import DATASETS, INCEPTION_SIZE
 def parser():
     p = Parser(description="Score a trained diffusion model with KID and FID (InceptionV3 features).")
     add_checkpoint_argument(p)
-    p.add_argument("--num-images", type=positive_int, default=10000, help="images to generate")
+    p.add_argument("--num-images", type=positive_int_argument, default=10000, help="images to generate")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="tensorflow-datasets dataset of real images (ignored with --data-dir)")
     p.add_argument("--split", default="train", choices=("train", "test"), help="tfds split")
     p.add_argument("--data-dir", help="folder of real images instead of a tfds dataset")
-    p.add_argument("--limit", type=positive_int, help="use a seeded random N-image subset of the real images")
+    p.add_argument("--limit", type=positive_int_argument,
+                   help="use a seeded random N-image subset of the real images")
     p.add_argument("--features", default="auto", choices=("auto", "inception", "cifar10"),
                    help="feature space: InceptionV3 (FID, KID), or the project's CIFAR-10 classifier "
                         "(FD-cifar10, KD-cifar10: offline, for 32x32 RGB models); auto: InceptionV3 "
@@ -31,12 +31,12 @@ def parser():
     p.add_argument("--inception-weights", default="imagenet",
                    help="'imagenet' (downloaded once), a local no-top .h5 file, or 'random' "
                         "(mechanics only: numbers not comparable)")
-    p.add_argument("--inception-size", type=positive_int, default=INCEPTION_SIZE,
+    p.add_argument("--inception-size", type=positive_int_argument, default=INCEPTION_SIZE,
                    help="InceptionV3 input size (images are resized to it; at least 75)")
-    p.add_argument("--kid-images", type=positive_int, default=1000, help="images per side for KID")
-    p.add_argument("--batch-size", type=positive_int,
+    p.add_argument("--kid-images", type=positive_int_argument, default=1000, help="images per side for KID")
+    p.add_argument("--batch-size", type=positive_int_argument,
                    help="images per batch (default: 256 on a GPU, 64 on a CPU)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int_argument, default=0,
                    help="seed of the generated images (and of the real-image subset)")
     p.add_argument("--cache-dir", help="where reference statistics are cached "
                                        "(default: ~/.cache/diffusion_keras/reference)")

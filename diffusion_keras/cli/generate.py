@@ -11,14 +11,16 @@ import re
 import shutil
 import sys
 
+from diffusion_keras.checks import (
+    non_negative_float_list_argument,
+    non_negative_int_argument,
+    positive_int_argument,
+)
 from diffusion_keras.cli import (
     Parser,
     add_checkpoint_argument,
     add_distribute_argument,
     add_sampling_arguments,
-    non_negative_float_list,
-    non_negative_int,
-    positive_int,
     run,
     sampling_settings,
 )
@@ -32,23 +34,23 @@ def parser():
         description="Generate images with a trained diffusion model.",
     )
     add_checkpoint_argument(p)
-    p.add_argument("--num-images", type=positive_int,
+    p.add_argument("--num-images", type=positive_int_argument,
                    help=f"images in the grid (default: {GRID_IMAGES}); with --class, images per "
                         f"class (default: {IMAGES_PER_CLASS})")
     p.add_argument("--class", dest="classes", action="append", metavar="NAME_OR_INDEX",
                    help="a class of a class-conditional model, by name or index: one row of "
                         "--num-images images per class, the same seeds in every row (repeatable; "
                         "'all': every class)")
-    p.add_argument("--guidance", type=non_negative_float_list,
+    p.add_argument("--guidance", type=non_negative_float_list_argument,
                    help="classifier-free guidance weight for --class (0: unconditional, "
                         "1: conditional, above 1: more typical of the class; default: 1); several, "
                         "e.g. 0,1,3,7, draw one column group per weight, side by side")
     p.add_argument("--interpolate", action="store_true",
                    help="also render a spherical interpolation between two noises (strip and GIF)")
-    p.add_argument("--frames", type=positive_int, default=8, help="images in the interpolation")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--frames", type=positive_int_argument, default=8, help="images in the interpolation")
+    p.add_argument("--seed", type=non_negative_int_argument, default=0,
                    help="image i depends only on (seed, i) and the sampler settings")
-    p.add_argument("--batch-size", type=positive_int,
+    p.add_argument("--batch-size", type=positive_int_argument,
                    help="images per sampler call (default: 256 on a GPU, 64 on a CPU); changes "
                         "speed, not images")
     p.add_argument("--individual", action="store_true",

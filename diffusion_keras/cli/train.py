@@ -9,7 +9,8 @@ import os
 import sys
 
 from diffusion_keras import config as settings
-from diffusion_keras.cli import Parser, int_list, positive_int, run
+from diffusion_keras.checks import positive_int_argument, positive_int_list_argument
+from diffusion_keras.cli import Parser, run
 from diffusion_keras.errors import UsageError, counted
 
 
@@ -49,8 +50,8 @@ def parser():
     add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
         choices=settings.DATASETS)
     add(data, "--data-dir", "run", "folder of images (searched recursively) to train on")
-    add(data, "--image-size", "model", "square image size", type=positive_int)
-    add(data, "--limit", "run", "train on a seeded random N-image subset", type=positive_int)
+    add(data, "--image-size", "model", "square image size", type=positive_int_argument)
+    add(data, "--limit", "run", "train on a seeded random N-image subset", type=positive_int_argument)
     add(data, "--no-flip", "run", "disable random horizontal flips (on for natural images)",
         field="flip", action="store_const", const=False)
     add(data, "--validation-split", "run", "fraction held out to score the EMA network each epoch",
@@ -67,11 +68,11 @@ def parser():
         "README), with the JAX backend", action="store_const", const=True)
     arch = p.add_argument_group("architecture")
     add(arch, "--widths", "model", "U-Net channel widths per resolution, comma-separated",
-        type=int_list)
-    add(arch, "--block-depth", "model", "residual blocks per resolution", type=positive_int)
+        type=positive_int_list_argument)
+    add(arch, "--block-depth", "model", "residual blocks per resolution", type=positive_int_argument)
     add(arch, "--attention-resolutions", "model",
         "feature-map sides with self-attention, comma-separated (e.g. 16; '' for none)",
-        type=int_list)
+        type=positive_int_list_argument)
     add(arch, "--norm", "model", "normalisation in the residual blocks (none: no normalisation layers)",
         choices=settings.NORMALIZATIONS)
     add(arch, "--embedding", "model", "noise embedding joins at the input or in every residual block",
@@ -85,7 +86,7 @@ def parser():
         "diffusion schedule (continuous: offset_cosine, ddpm: linear, flow: flow)",
         choices=settings.SCHEDULES)
     add(diffusion, "--timesteps", "model", "DDPM discrete timesteps T (with --formulation ddpm)",
-        type=positive_int)
+        type=positive_int_argument)
     add(diffusion, "--prediction", "model",
         "what the network predicts: noise, clean image, v, or flow velocity (flow: flow; else epsilon)",
         choices=settings.TARGETS)
@@ -100,8 +101,8 @@ def parser():
         choices=settings.LOSS_WEIGHTINGS)
     add(diffusion, "--min-snr-gamma", "model", "gamma of --loss-weighting min_snr", type=float)
     opt = p.add_argument_group("optimization")
-    add(opt, "--epochs", "optimization", "training epochs", type=positive_int)
-    add(opt, "--batch-size", "optimization", "images per step", type=positive_int)
+    add(opt, "--epochs", "optimization", "training epochs", type=positive_int_argument)
+    add(opt, "--batch-size", "optimization", "images per step", type=positive_int_argument)
     add(opt, "--optimizer", "optimization", "adamw, or muon: orthogonalised updates for the "
         "U-Net's kernels (Jordan et al. 2024), AdamW for the rest", choices=settings.OPTIMIZERS)
     add(opt, "--learning-rate", "optimization", "peak learning rate", type=float)
@@ -123,12 +124,12 @@ def parser():
         choices=settings.PRECISIONS)
     add(opt, "--accumulate-steps", "optimization",
         "average gradients over N batches per update (large batches, less memory)",
-        type=positive_int)
+        type=positive_int_argument)
     out = p.add_argument_group("output")
     add(out, "--run-dir", "run", "run folder (default: runs/<timestamp>)")
-    add(out, "--plot-every", "run", "save a sample grid every N epochs", type=positive_int)
+    add(out, "--plot-every", "run", "save a sample grid every N epochs", type=positive_int_argument)
     add(out, "--keep-checkpoints", "run", "epoch checkpoints to keep (best.keras is kept as well)",
-        type=positive_int)
+        type=positive_int_argument)
     add(out, "--seed", "run", "seed for data order, noise and samples", type=int)
     add(out, "--tensorboard", "run", "also log losses, learning rate and sample grids for "
         "TensorBoard in RUN_DIR/tensorboard (tensorboard --logdir runs/); needs tensorflow",
@@ -179,11 +180,12 @@ def resumed_config(args):
 def config_from_args(args):
     """A new run's settings: the defaults, then the --preset, the --recipe, the --config file and
     the given flags. A config file is a template: its run folder is not reused (a new run gets
-    --run-dir or a new runs/<timestamp>)."""
+    --run-dir or a new runs/<timestamp>), nor its model's seed (the run's --seed seeds the model)."""
     base = settings.TrainingConfig().updated(settings.PRESETS.get(getattr(args, "preset", ""), {}))
     base = base.updated(settings.RECIPES.get(getattr(args, "recipe", ""), {}))
     if hasattr(args, "config"):
-        base = settings.read_config(args.config, base).updated({"run": {"run_dir": None}})
+        base = settings.read_config(args.config, base).updated({"run": {"run_dir": None},
+                                                                "model": {"seed": None}})
     given = given_settings(args)
     config = base.updated(given)
     if "timesteps" in given.get("model", {}) and config.model.formulation != "ddpm":
