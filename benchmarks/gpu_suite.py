@@ -69,7 +69,8 @@ def fail(message):
 
 
 def prepare(folder):
-    """The data subset into .gpu_data and the missing wheels into .whl, both ignored by git."""
+    """The data subset into .gpu_data and the missing wheels into .whl (.gitignore lists both:
+    the device tool carries ignored folders that its `carry` names)."""
     import subprocess
 
     from diffusion_keras.data import open_images
@@ -82,8 +83,6 @@ def prepare(folder):
                                                         "manylinux_2_17_x86_64",
                                                         "manylinux2014_x86_64")],
                     "-d", ".whl", *WHEELS], check=True)
-    with open(os.path.join(".git", "info", "exclude"), "a") as file:
-        file.write("/.gpu_data/\n/.whl/\n")
     print("prepared .gpu_data and .whl; carry both to the GPU machine")
 
 
@@ -221,7 +220,7 @@ def quality(args, data_file):
         "--data-file", data_file, "--recipes", "default", "--minutes", str(minutes),
         "--eval-every", str(minutes / 2), "--num-images", "16" if args.smoke else "2000",
         "--steps", "10,20", "--name", "gpu-quality", "--results-root", args.output,
-        "--runs-root", runs_root, *(["--widths", "8,16"] if args.smoke else [])])
+        "--runs-root", runs_root, *(["--widths", "8,16", "--batch-size", "8"] if args.smoke else [])])
     [folder] = glob.glob(os.path.join(args.output, "*-gpu-quality"))
     with open(os.path.join(folder, "rows.jsonl")) as file:
         rows = [json.loads(line) for line in file]

@@ -102,6 +102,8 @@ CANDIDATES = {
 def parser():
     p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="training images (e.g. the shared CIFAR-10 train/ folder)")
+    p.add_argument("--data-file", help="instead, a prepared .u8 file (its .json beside it), as "
+                                       "benchmarks/gpu_suite.py carries one")
     p.add_argument("--test-dir", help="held-out real images for the floor (e.g. CIFAR-10 test/)")
     p.add_argument("--recipes", default="keras-io,default",
                    help=f"comma-separated, run in this order; known: {','.join(CANDIDATES)}")
@@ -357,8 +359,8 @@ def checked(args):
     unknown = [name for name in args.recipes.split(",") if name not in CANDIDATES]
     if unknown:
         sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(CANDIDATES)}")
-    if not args.redraw and not args.data_dir:
-        sys.exit("error: --data-dir is required unless --redraw")
+    if not args.redraw and (args.data_dir is None) == (args.data_file is None):
+        sys.exit("error: give one of --data-dir and --data-file, unless --redraw")
     args.spacing = args.spacing or [None]  # the sampler's own grid
     return args
 
@@ -370,9 +372,13 @@ def main(argv=None):
         print(f"redrew {args.redraw}/table.md and curves.png")
         return 0
     from diffusion_keras.data import load_image_folder, open_images
+    from diffusion_keras.image_cache import open_prepared_file
 
-    images = open_images(args.image_size, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
-                         channels=3, cache_dir=args.cache_dir)  # train.py's prepared file
+    if args.data_file:
+        images = open_prepared_file(args.data_file)
+    else:  # train.py's prepared file
+        images = open_images(args.image_size, data_dir=args.data_dir, limit=args.limit,
+                             seed=args.seed, channels=3, cache_dir=args.cache_dir)
     scorer = Scorer(images)
     args.folder = open_results(args.name, args.results_root,
                                ["benchmarks/time_to_quality.py", *(argv or sys.argv[1:])])

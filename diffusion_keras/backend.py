@@ -8,7 +8,7 @@ BACKEND = keras.backend.backend()
 
 
 def has_gpu():
-    """Whether the running backend sees a GPU (decides compile settings; see README's speed notes)."""
+    """Whether the running backend sees a GPU (decides compile settings; see docs/speed.md)."""
     if BACKEND == "jax":
         import jax
 

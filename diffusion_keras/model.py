@@ -354,9 +354,7 @@ class DiffusionModel(keras.Model):
                 raise UsageError(f"initial noise must be shaped (N, *{self.image_shape}) for this "
                                  f"model, got {initial_noise.shape}")
             num_images = len(initial_noise)
-        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) \
-                or num_images < 1:
-            raise UsageError(f"number of images must be a positive integer, got {num_images!r}")
+        checks.positive_int(num_images, "number of images")
         return initial_noise, num_images
 
     @staticmethod

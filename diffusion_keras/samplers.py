@@ -22,11 +22,12 @@ Arithmetic is float32; images are in the model's normalised space.
 
 import dataclasses
 import functools
+import inspect
 
 import numpy as np
 from keras import ops
 
-from diffusion_keras import seeding
+from diffusion_keras import checks, seeding
 from diffusion_keras.config import SPACINGS, VARIANCES
 from diffusion_keras.errors import UsageError
 from diffusion_keras.schedules import times_of_log_sigmas
@@ -249,12 +250,15 @@ class Sampler:
         unknown = set(options) - set(self.options)
         if unknown:
             raise UsageError(f"sampler {self.name!r} takes no option(s) {sorted(unknown)}")
-        if not 0.0 <= options.get("eta", 0.0) <= 1.0:
-            raise UsageError(f"eta must be in [0, 1], got {options['eta']}")
-        if options.get("variance", "posterior") not in VARIANCES:
-            raise UsageError(f"unknown DDPM variance {options['variance']!r}; choose one of "
-                             f"{list(VARIANCES)}")
+        checks.number(options.get("eta", 0.0), "eta", 0, 1)
+        checks.choice(options.get("variance", "posterior"), VARIANCES, "DDPM variance")
         return functools.partial(self.function, **options)
+
+    @property
+    def option_defaults(self):
+        """{option: its default}, as the sampler function declares them."""
+        parameters = inspect.signature(self.function).parameters
+        return {name: parameters[name].default for name in self.options}
 
     def is_stochastic(self, options):
         """Whether it draws fresh noise at each step (and so reads `step_seeds`)."""
@@ -298,6 +302,8 @@ def sampling_name(sampling, steps, seed):
     """The part of an output's file name that every sampling setting changes (`sampling`:
     `generate`'s sampler, spacing and options), e.g. `dpmpp2m_log_snr_steps20_seed0` or
     `ddim-eta0.5_uniform_steps50_seed3`."""
-    option = {"ddim": f"-eta{sampling.get('eta', 0.0):g}",
-              "ddpm": f"-{sampling.get('variance', 'posterior')}"}.get(sampling["sampler"], "")
-    return f"{sampling['sampler']}{option}_{sampling['spacing']}_steps{steps}_seed{seed}"
+    options = sampler_record(sampling["sampler"]).option_defaults
+    options.update({name: sampling[name] for name in options if name in sampling})
+    named = "".join(f"-{name}{value:g}" if isinstance(value, (int, float)) else f"-{value}"
+                    for name, value in options.items())  # a number by name, a choice by itself
+    return f"{sampling['sampler']}{named}_{sampling['spacing']}_steps{steps}_seed{seed}"

@@ -17,6 +17,25 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
                                                        f"diffusion_keras_test_jax_{RUN}")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
+# a program's first lines that make TensorFlow absent, as on a machine without it: its imports fail
+# and find_spec finds nothing (`python -c NO_TENSORFLOW + "...the program..."`)
+NO_TENSORFLOW = """
+import importlib.util
+import sys
+
+def absent(name):
+    return name.split(".")[0] in ("tensorflow", "tensorflow_datasets")
+
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if absent(name):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTensorFlow())
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if absent(name) else find_spec(name, package))
+"""
 TINY = {"image_size": 16, "widths": (8, 16), "block_depth": 1, "embedding_dims": 8}
 
 

@@ -13,6 +13,7 @@ from diffusion_keras import backend
 from diffusion_keras.cli import generate, train
 from diffusion_keras.errors import UsageError
 from diffusion_keras.samplers import SAMPLERS
+from tests.conftest import NO_TENSORFLOW
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARGS = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--batch-size", "8"]
@@ -277,22 +278,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
     assert "(default: 50)" in text
 
 
-BLOCK_TENSORFLOW = """
-import importlib.util
-import sys
-
-def absent(name):
-    return name.split(".")[0] in ("tensorflow", "tensorflow_datasets")
-
-class NoTensorFlow:  # imports fail and find_spec finds nothing, as if TensorFlow were not installed
-    def find_spec(self, name, path=None, target=None):
-        if absent(name):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-sys.meta_path.insert(0, NoTensorFlow())
-find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: (
-    None if absent(name) else find_spec(name, package))
+BLOCK_TENSORFLOW = NO_TENSORFLOW + """
 from diffusion_keras.cli.train import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -102,7 +102,7 @@ def add_sampling_arguments(parser, steps=20):
     group.add_argument("--steps", type=positive_int_argument, default=steps,
                        help="sampling steps (network calls; Heun: 2 x steps - 1)")
     group.add_argument("--spacing", choices=SPACINGS,
-                       help="time grid (default: the sampler's most accurate, see README)")
+                       help="time grid (default: the sampler's most accurate, see docs/sampling.md)")
     group.add_argument("--eta", type=float, default=0.0,
                        help="DDIM noise: 0 deterministic, 1 like ancestral sampling")
     group.add_argument("--variance", choices=VARIANCES,
@@ -112,23 +112,23 @@ def add_sampling_arguments(parser, steps=20):
 
 def add_distribute_argument(parser):
     parser.add_argument("--distribute", action="store_true",
-                        help="sample data-parallel on every local device (and host: see README), "
+                        help="sample data-parallel on every local device (and host: see docs/scale.md), "
                              "with the JAX backend")
 
 
 def sampling_settings(args):
     """`generate`'s sampler settings from the flags: sampler, spacing and the chosen sampler's
-    options (eta for DDIM, variance for DDPM), rejecting options of another sampler."""
-    from diffusion_keras.samplers import SAMPLERS
+    options (its `Sampler.options`: eta for DDIM, variance for DDPM; unset, the sampler's default),
+    rejecting options of another sampler."""
+    from diffusion_keras.samplers import SAMPLERS, sampler_record
 
-    if args.eta and args.sampler != "ddim":
-        raise UsageError(f"--eta is a DDIM setting; drop it or use --sampler ddim (got --sampler "
-                         f"{args.sampler})")
-    if args.variance is not None and args.sampler != "ddpm":
-        raise UsageError(f"--variance is a DDPM setting; drop it or use --sampler ddpm (got "
-                         f"--sampler {args.sampler})")
-    options = {"ddim": {"eta": args.eta},
-               "ddpm": {"variance": args.variance or "posterior"}}.get(args.sampler, {})
-    return {"sampler": args.sampler, "spacing": args.spacing or SAMPLERS[args.sampler].default_spacing,
-            **options}
-
+    record = sampler_record(args.sampler)
+    given = {"eta": args.eta or None, "variance": args.variance}  # None: not given
+    for option, value in given.items():
+        if value is not None and option not in record.options:
+            owner = next(name for name, other in SAMPLERS.items() if option in other.options)
+            raise UsageError(f"--{option} is a {owner.upper()} setting; drop it or use --sampler "
+                             f"{owner} (got --sampler {args.sampler})")
+    options = {option: default if given.get(option) is None else given[option]
+               for option, default in record.option_defaults.items()}
+    return {"sampler": args.sampler, "spacing": args.spacing or record.default_spacing, **options}

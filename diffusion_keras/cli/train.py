@@ -65,7 +65,7 @@ def parser():
         "class', so the network also learns the unconditional prediction guidance needs",
         type=float)
     add(data, "--distribute", "run", "train data-parallel on every local device (and host: see "
-        "README), with the JAX backend", action="store_const", const=True)
+        "docs/scale.md), with the JAX backend", action="store_const", const=True)
     arch = p.add_argument_group("architecture")
     add(arch, "--widths", "model", "U-Net channel widths per resolution, comma-separated",
         type=positive_int_list_argument)
