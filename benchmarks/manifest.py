@@ -34,8 +34,11 @@ def cpu():
 def commit():
     """The checked-out commit, with "+changes" when the tree differs from it."""
     def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(RESULTS_ROOT)).stdout.strip()
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True,
+                                  cwd=os.path.dirname(RESULTS_ROOT)).stdout.strip()
+        except OSError:  # no git there (the GPU machine gets the files, not the history)
+            return ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")

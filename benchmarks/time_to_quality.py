@@ -376,6 +376,7 @@ def main(argv=None):
 
     if args.data_file:
         images = open_prepared_file(args.data_file)
+        args.image_size = images.shape[1]  # the floor's real images at the file's size
     else:  # train.py's prepared file
         images = open_images(args.image_size, data_dir=args.data_dir, limit=args.limit,
                              seed=args.seed, channels=3, cache_dir=args.cache_dir)

@@ -96,10 +96,12 @@ def argument(parse, check):
     return parse_and_check
 
 
-def comma_separated(kind):
-    """A parser of comma-separated `kind`s ('' for none), e.g. 32,64,96,128."""
+def comma_separated(kind, allow_empty=True):
+    """A parser of comma-separated `kind`s, e.g. 32,64,96,128 ('' for none where `allow_empty`)."""
     def parse(text):
-        return [kind(part) for part in text.split(",")] if text.strip() else []
+        if not text.strip() and allow_empty:
+            return []
+        return [kind(part) for part in text.split(",")]  # '' is a ValueError
 
     parse.__name__ = f"comma-separated {kind.__name__}"
     return parse
@@ -113,5 +115,5 @@ positive_int_argument = argument(int, positive_int)
 non_negative_int_argument = argument(int, lambda value, what: integer(value, what, 0))
 positive_float_argument = argument(float, lambda value, what: number(value, what, 0, low_open=True))
 positive_int_list_argument = argument(comma_separated(int), positive_int)
-non_negative_float_list_argument = argument(comma_separated(float),
+non_negative_float_list_argument = argument(comma_separated(float, allow_empty=False),
                                             lambda value, what: number(value, what, 0))

@@ -23,6 +23,7 @@ Arithmetic is float32; images are in the model's normalised space.
 import dataclasses
 import functools
 import inspect
+import numbers
 
 import numpy as np
 from keras import ops
@@ -304,6 +305,6 @@ def sampling_name(sampling, steps, seed):
     `ddim-eta0.5_uniform_steps50_seed3`."""
     options = sampler_record(sampling["sampler"]).option_defaults
     options.update({name: sampling[name] for name in options if name in sampling})
-    named = "".join(f"-{name}{value:g}" if isinstance(value, (int, float)) else f"-{value}"
+    named = "".join(f"-{name}{value:g}" if isinstance(value, numbers.Real) else f"-{value}"
                     for name, value in options.items())  # a number by name, a choice by itself
     return f"{sampling['sampler']}{named}_{sampling['spacing']}_steps{steps}_seed{seed}"

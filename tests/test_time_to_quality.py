@@ -138,6 +138,6 @@ def test_bad_flags_are_one_line_before_any_work(flags, message, tmp_path, capsys
     with pytest.raises(SystemExit) as exit:
         time_to_quality.main(["--data-dir", str(tmp_path / "absent"), *flags,
                               "--results-root", str(tmp_path / "results")])
-    error = capsys.readouterr().err + str(exit.value)  # argparse's line, or sys.exit's
+    error = capsys.readouterr().err or str(exit.value)  # argparse's line, or sys.exit's
     assert message in error and len(error.strip().splitlines()) == 1, error
     assert not os.listdir(tmp_path)
