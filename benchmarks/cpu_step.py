@@ -6,10 +6,11 @@ to a step (a trivial network, against many steps per execution).
 
 On the running KERAS_BACKEND: the reference before; the defaults (`bench.measure`, the automatic
 precision); each default turned back towards the reference's recipe one at a time (float32; AdamW
-instead of Muon; the noise embedding at the input instead of in every block; all three); the
-reference after. Then the default model's compiled sampling loop (20 DDIM calls) at each
---sample-batches, and a trivial network's `fit` step at each --steps-per-execution. One JSON line
-per measurement, into benchmarks/results/<date>-<name>/rows.jsonl beside a manifest.
+instead of Muon; the noise embedding at the input instead of in every block; all three), and
+mixed bfloat16 where it is not the pick; the reference after. Then the default model's compiled
+sampling loop (20 DDIM calls) at each --sample-batches, and a trivial network's `fit` step at each
+--steps-per-execution. One JSON line per measurement, into
+benchmarks/results/<date>-<name>/rows.jsonl beside a manifest.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from manifest import RESULTS_ROOT, open_results
 VARIANTS = {
     "default": ({}, {}),
     "float32": ({}, {"precision": "float32"}),
+    "mixed-bfloat16": ({}, {"precision": "mixed_bfloat16"}),
     "adamw": ({}, {"optimizer": "adamw"}),
     "embedding-input": ({"embedding": "input"}, {}),
     "reference-like": ({"embedding": "input"}, {"optimizer": "adamw", "precision": "float32"}),
@@ -34,8 +36,8 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reference", help="the reference script (its TensorFlow training and sampling)")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--sample-batches", default="16,32,64,128,256", help="'' for none")
     p.add_argument("--train-steps", type=int, default=20)
-    p.add_argument("--sample-batches", default="16,32,64,128,256")
     p.add_argument("--steps-per-execution", default="1,10,100")
     p.add_argument("--name", default="cpu-step", help="results folder <date>-NAME")
     p.add_argument("--results-root", default=RESULTS_ROOT)
@@ -95,7 +97,29 @@ def host_overhead(values, steps=300):
             timings.append(time.perf_counter() - started)
         rows.append({"part": "host", "steps_per_execution": value,
                      "ms_per_step": round(timings[-1] / len(batches) * 1e3, 3)})
+    rows.append({"part": "host", "steps_per_execution": 1, "with": "training.train's callbacks",
+                 "ms_per_step": round(train_step_ms(images, steps), 3)})
     return rows
+
+
+def train_step_ms(images, steps):
+    """Milliseconds per step (after ten) of the same trivial network trained by `training.train`
+    (the run's callbacks: interrupts, divergence checks on every step's logs, ...)."""
+    import tempfile
+
+    from diffusion_keras import bench, training
+    from diffusion_keras.config import TrainingConfig
+
+    run_dir = os.path.join(tempfile.mkdtemp(prefix="cpu_step_"), "run")
+    config = TrainingConfig().updated({
+        "model": {"widths": (4,), "block_depth": 1, "embedding_dims": 4},
+        "optimization": {"optimizer": "adamw", "batch_size": 8, "epochs": 1,
+                         "precision": "float32"},
+        "run": {"validation_split": 0.0, "seed": 0}})
+    timer = bench.StepTimer()
+    pixels = (images * 255).astype("uint8")
+    training.train(pixels, run_dir, config, verbose=0, callbacks=[timer])
+    return timer.seconds_per_step(skip=10) * 1e3
 
 
 def main(argv=None):
@@ -124,7 +148,7 @@ def main(argv=None):
     if args.reference:
         record({"part": "reference", "when": "after",
                 **bench.run_reference(args.train_steps, args.reference)})
-    for row in sampling_rates([int(b) for b in args.sample_batches.split(",")],
+    for row in sampling_rates([int(b) for b in args.sample_batches.split(",") if b],
                               backend.default_dtype_policy()):
         record(row)
     for row in host_overhead([int(v) for v in args.steps_per_execution.split(",")]):

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import NO_TENSORFLOW
 
+pytestmark = pytest.mark.slow  # each test starts a process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE = NO_TENSORFLOW + """
 import runpy
@@ -24,7 +26,6 @@ def run_suite(*flags):
                           text=True, timeout=900, env={**os.environ, "KERAS_BACKEND": "jax"})
 
 
-@pytest.mark.slow
 def test_every_part_runs_at_tiny_sizes_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     result = run_suite("--smoke", "--output", str(tmp_path))

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow  # trains through the command line or in other pro
 def test_two_recipes_train_through_the_product_path_and_are_scored_and_reported(tiny_folder,
                                                                                  tmp_path):
     argv = ["--data-dir", str(tiny_folder), "--test-dir", str(tiny_folder), "--recipes",
-            "keras-io,flow", "--repeats", "2", "--minutes", "0.05", "--eval-every", "0.02",
-            "--num-images", "8", "--steps", "2,3", "--image-size", "16", "--widths", "8,16",
+            "keras-io,flow", "--repeats", "2", "--minutes", "0.05", "--eval-every", "0.025",
+            "--num-images", "8", "--steps", "2", "--image-size", "16", "--widths", "8,16",
             "--batch-size", "8", "--extra-ema-powers", "0.5", "--spacing", "uniform,log_snr",
             "--name", "ttq", "--results-root", str(tmp_path / "results"),
             "--runs-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
@@ -35,7 +35,7 @@ def test_two_recipes_train_through_the_product_path_and_are_scored_and_reported(
             for row in trained} == {
         (recipe, run, network, grid, calls) for recipe in ("keras-io", "flow") for run in (1, 2)
         for network in ("ema", "online", "ema-p0.5") for grid in ("uniform", "log_snr")
-        for calls in (2, 3)}
+        for calls in (2,)}
     assert [row["recipe"] for row in trained if row["run"] == 2][0] == "flow", "run 2 reversed"
     assert all(row["fd_cifar10"] > 0 and row["steps"] > 0 for row in trained)
     assert {row["settings"]["model"]["formulation"] for row in trained} == {"continuous", "flow"}
@@ -46,7 +46,7 @@ def test_two_recipes_train_through_the_product_path_and_are_scored_and_reported(
         assert list((run_dir / "samples").iterdir())
     table = (folder / "table.md").read_text()
     assert "| keras-io | 1 | ema | uniform | 2 |" in table
-    assert "| flow | 2 | online | log_snr | 3 |" in table
+    assert "| flow | 2 | online | log_snr | 2 |" in table
     assert (folder / "curves.png").stat().st_size > 10000
     (folder / "table.md").unlink()
     assert time_to_quality.main(["--redraw", str(folder)]) == 0
