@@ -20,12 +20,13 @@ curves.png; the run folders (checkpoints, samples) to --runs-root.
 
 import json
 import os
+import shlex
 import sys
 import time
 
 import keras
 import numpy as np
-from manifest import RESULTS_ROOT, open_results
+from manifest import RESULTS_ROOT, commit, open_results
 
 from diffusion_keras import checks
 from diffusion_keras import config as settings
@@ -137,6 +138,9 @@ def parser():
     p.add_argument("--cache-dir", help="prepared images (default: train.py's)")
     p.add_argument("--redraw", metavar="FOLDER",
                    help="redraw FOLDER's table and curves from its rows, train nothing")
+    p.add_argument("--rescore", metavar="FOLDER",
+                   help="score the last checkpoint of each of FOLDER's runs (in --runs-root) with "
+                        "this --sampler, --spacing and --steps, into FOLDER/rescored.jsonl")
     return p
 
 
@@ -249,13 +253,32 @@ def recipe_config(name, images, args, run_dir):
     return config.updated({"model": model, "optimization": optimization, "run": run})
 
 
+def score_networks(model, networks, args, scorer, record, row):
+    """Score each of `networks` ({label: "ema", "online" or a network}) at every --spacing and
+    --steps from the same seeded noises, recording `row` with the scores."""
+    from diffusion_keras.samplers import sampler_record
+
+    for label, network in networks.items():
+        for spacing in args.spacing:
+            for calls in args.steps:
+                images = model.generate(args.num_images, calls, seed=args.seed,
+                                        sampler=args.sampler, spacing=spacing, verbose=False,
+                                        network=network)
+                grid = spacing or sampler_record(args.sampler).default_spacing
+                scores = scorer(images)
+                record({**row, "network": label, "sampler": args.sampler, "spacing": grid,
+                        "calls": calls, **scores, "settings": {"model": model.config.to_dict()}})
+                print(f"  {row['minutes']:5.1f} min, {row['steps']} steps, {label}, {grid}, "
+                      f"{calls} calls: FD-cifar10 {scores['fd_cifar10']:.2f}, KD-cifar10 "
+                      f"{scores['kd_cifar10']:.4f}", flush=True)
+
+
 def train_recipe(name, repeat, images, scorer, args, record):
     """Train `name` through `training.train` for the budget, scoring as it goes."""
     from diffusion_keras import training
-    from diffusion_keras.samplers import sampler_record
 
     description = CANDIDATES[name][0]
-    run_dir = os.path.join(args.runs_root, f"{os.path.basename(args.folder)}-{name}-{repeat}")
+    run_dir = run_folder(args.runs_root, args.folder, name, repeat)
     config = recipe_config(name, images, args, run_dir)
     extra = ExtraAverages(args.extra_ema_powers, args.extra_ema_max)
     print(f"{name} (run {repeat}): {description}; run folder {run_dir}", flush=True)
@@ -263,25 +286,41 @@ def train_recipe(name, repeat, images, scorer, args, record):
     def score(model, minutes, steps):
         networks = {"ema": "ema", "online": "online",
                     **{power: extra.network(power, model) for power in extra.powers}}
-        for label, network in networks.items():
-            for spacing in args.spacing:
-                for calls in args.steps:
-                    images = model.generate(args.num_images, calls, seed=args.seed,
-                                            sampler=args.sampler, spacing=spacing, verbose=False,
-                                            network=network)
-                    grid = spacing or sampler_record(args.sampler).default_spacing
-                    scores = scorer(images)
-                    record({"recipe": name, "run": repeat, "network": label, "spacing": grid,
-                            "calls": calls, "minutes": round(minutes, 2), "steps": steps,
-                            **scores, "description": description,
-                            "settings": {"model": model.config.to_dict(),
-                                         "optimization": config.optimization.to_dict()}})
-                    print(f"  {minutes:5.1f} min, {steps} steps, {label}, {grid}, {calls} calls: "
-                          f"FD-cifar10 {scores['fd_cifar10']:.2f}, KD-cifar10 "
-                          f"{scores['kd_cifar10']:.4f}", flush=True)
+        score_networks(model, networks, args, scorer, record, {
+            "recipe": name, "run": repeat, "minutes": round(minutes, 2), "steps": steps,
+            "description": description, "optimization": config.optimization.to_dict()})
 
     clock = QualityClock(args.minutes * 60, args.eval_every * 60, score, extra)
     training.train(images, run_dir, config, verbose=0, callbacks=[clock])
+
+
+def run_folder(runs_root, results_folder, name, repeat):
+    return os.path.join(runs_root, f"{os.path.basename(results_folder)}-{name}-{repeat}")
+
+
+def rescore(folder, scorer, args):
+    """Score the last checkpoint (the budget's end) of every run of the results `folder` again,
+    with this call's --sampler, --spacing and --steps, into FOLDER/rescored.jsonl: another
+    sampler's view of the same trained networks, no training."""
+    from diffusion_keras import runs
+
+    ends = {}
+    for row in read_rows(folder):
+        if row["network"] != "reference":
+            ends[(row["recipe"], row["run"])] = row  # the last row of each run: the budget's end
+
+    def record(row):
+        with open(os.path.join(folder, "rescored.jsonl"), "a") as file:
+            file.write(json.dumps(row) + "\n")
+
+    for (name, repeat), end in ends.items():
+        checkpoint = runs.run_checkpoints(run_folder(args.runs_root, folder, name, repeat))[-1]
+        model = runs.load_checkpoint(checkpoint)
+        print(f"{name} (run {repeat}): {checkpoint}", flush=True)
+        score_networks(model, {"ema": "ema", "online": "online"}, args, scorer, record, {
+            "recipe": name, "run": repeat, "minutes": end["minutes"], "steps": end["steps"],
+            "checkpoint": checkpoint, "commit": commit(),
+            "command": shlex.join(["benchmarks/time_to_quality.py", *sys.argv[1:]])})
 
 
 def read_rows(folder):
@@ -381,6 +420,9 @@ def main(argv=None):
         images = open_images(args.image_size, data_dir=args.data_dir, limit=args.limit,
                              seed=args.seed, channels=3, cache_dir=args.cache_dir)
     scorer = Scorer(images)
+    if args.rescore:
+        rescore(args.rescore, scorer, args)
+        return 0
     args.folder = open_results(args.name, args.results_root,
                                ["benchmarks/time_to_quality.py", *(argv or sys.argv[1:])])
 

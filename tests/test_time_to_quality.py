@@ -51,6 +51,17 @@ def test_two_recipes_train_through_the_product_path_and_are_scored_and_reported(
     (folder / "table.md").unlink()
     assert time_to_quality.main(["--redraw", str(folder)]) == 0
     assert (folder / "table.md").read_text() == table
+    # the trained networks scored again with another sampler, from each run's last checkpoint
+    assert time_to_quality.main([
+        "--rescore", str(folder), "--data-dir", str(tiny_folder), "--image-size", "16",
+        "--sampler", "ddim", "--spacing", "uniform", "--steps", "3", "--num-images", "8",
+        "--runs-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    rescored = [json.loads(line) for line in (folder / "rescored.jsonl").read_text().splitlines()]
+    assert {(row["recipe"], row["run"], row["network"], row["sampler"], row["calls"])
+            for row in rescored} == {(recipe, run, network, "ddim", 3) for recipe in ("keras-io", "flow")
+                                     for run in (1, 2) for network in ("ema", "online")}
+    last = {(row["recipe"], row["run"]): row["steps"] for row in trained}
+    assert all(row["steps"] == last[(row["recipe"], row["run"])] for row in rescored)
 
 
 def test_the_default_grid_is_the_samplers_own(tmp_path):
