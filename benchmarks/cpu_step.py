@@ -139,7 +139,7 @@ def main(argv=None):
     if args.reference:
         record({"part": "reference", "when": "before",
                 **bench.run_reference(args.train_steps, args.reference)})
-    for name in args.variants.split(","):
+    for name in filter(None, args.variants.split(",")):  # '' for none
         model, optimization = VARIANTS[name]
         precision = optimization.get("precision") or backend.default_dtype_policy()
         row = bench.measure(ModelConfig(**model), 64, precision, args.train_steps,
@@ -151,7 +151,7 @@ def main(argv=None):
     for row in sampling_rates([int(b) for b in args.sample_batches.split(",") if b],
                               backend.default_dtype_policy()):
         record(row)
-    for row in host_overhead([int(v) for v in args.steps_per_execution.split(",")]):
+    for row in host_overhead([int(v) for v in args.steps_per_execution.split(",") if v]):
         record(row)
     print(f"wrote {folder}/rows.jsonl")
     return 0
