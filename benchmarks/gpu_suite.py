@@ -169,21 +169,20 @@ def sampling(args):
     return rows
 
 
-class StopAfter:
-    """A callback that ends `fit` after `steps` batches (made on demand: Keras loads late)."""
+def stop_after(steps):
+    """A callback that ends `fit` after `steps` batches, counted across epochs (Keras is imported
+    here: the suite checks for it first)."""
+    import keras
 
-    def __new__(cls, steps):
-        import keras
+    done = [0]
 
-        class Stop(keras.callbacks.Callback):
-            done = 0  # across epochs: a batch index restarts at each
+    def count(batch, logs=None):
+        done[0] += 1
+        if done[0] >= steps:
+            callback.model.stop_training = True
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.done += 1
-                if self.done >= steps:
-                    self.model.stop_training = True
-
-        return Stop()
+    callback = keras.callbacks.LambdaCallback(on_train_batch_end=count)
+    return callback
 
 
 def real_data(args, images, distribute=False):
@@ -197,10 +196,10 @@ def real_data(args, images, distribute=False):
     shutil.rmtree(run_dir)
     config = TrainingConfig().updated({
         "model": TINY if args.smoke else {},
-        "optimization": {"epochs": 100, "batch_size": 8 if args.smoke else 64},  # StopAfter ends it
+        "optimization": {"epochs": 100, "batch_size": 8 if args.smoke else 64},  # stop_after ends it
         "run": {"seed": 0, "run_dir": run_dir, "distribute": distribute, "validation_split": 0.0}})
     timer = bench.StepTimer()
-    training.train(images, run_dir, config, verbose=0, callbacks=[timer, StopAfter(steps)])
+    training.train(images, run_dir, config, verbose=0, callbacks=[timer, stop_after(steps)])
     step_ms = timer.seconds_per_step(skip=min(10, steps - 2)) * 1e3
     fixed = [row for row in args.rows if row["part"] == "speed" and row["preset"] == "cifar"
              and row["precision"] == backend.default_dtype_policy()]

@@ -235,7 +235,7 @@ class QualityClock(keras.callbacks.Callback):
             self.scored()
 
 
-def recipe_config(name, images, args, run_dir):
+def recipe_config(name, args, run_dir):
     """The recipe's TrainingConfig, as train.py would build it, training until the budget stops it
     (a cosine schedule keeps its own epochs: they set where its decay ends)."""
     from diffusion_keras.config import TrainingConfig
@@ -279,7 +279,7 @@ def train_recipe(name, repeat, images, scorer, args, record):
 
     description = CANDIDATES[name][0]
     run_dir = run_folder(args.runs_root, args.folder, name, repeat)
-    config = recipe_config(name, images, args, run_dir)
+    config = recipe_config(name, args, run_dir)
     extra = ExtraAverages(args.extra_ema_powers, args.extra_ema_max)
     print(f"{name} (run {repeat}): {description}; run folder {run_dir}", flush=True)
 
