@@ -4,6 +4,7 @@ import csv
 import io
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -32,9 +33,10 @@ class ImageGenerator(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir=None, every=1, num_rows=4, num_cols=4, diffusion_steps=20, seed=0,
-                 show=False):
+                 show=False, suffix=""):
         super().__init__()
         self.run_dir = run_dir
+        self.suffix = suffix  # in the file name, e.g. "_calls4" for one of a student's grids
         self.every = every
         self.num_rows = num_rows
         self.num_cols = num_cols
@@ -49,7 +51,8 @@ class ImageGenerator(keras.callbacks.Callback):
             self.num_rows * self.num_cols, self.diffusion_steps, seed=self.seed
         )
         if self.run_dir is not None:
-            path = os.path.join(self.run_dir, runs.SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
+            path = os.path.join(self.run_dir, runs.SAMPLES_DIR,
+                                f"epoch_{epoch + 1:04d}{self.suffix}.png")
             save_image_grid(images, path, self.num_rows, self.num_cols)
         if self.show:
             display(images, cols=self.num_cols)
@@ -89,10 +92,11 @@ class Checkpointer(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, keep=3, monitor="val_noise_loss", fallback_monitor="noise_loss",
-                 history=()):
+                 history=(), keep_best=True):
         super().__init__()
         self.run_dir = run_dir
         self.keep = keep
+        self.keep_best = keep_best  # False where no loss measures the samples (a distillation)
         self.monitor = monitor
         self.fallback_monitor = fallback_monitor
         values = [self.value(row) for row in history]
@@ -109,7 +113,7 @@ class Checkpointer(keras.callbacks.Callback):
             for old in runs.run_checkpoints(self.run_dir)[: -self.keep]:
                 os.remove(old)
             value = self.value(logs)
-            if value is not None and value < self.best:
+            if self.keep_best and value is not None and value < self.best:
                 self.best = value
                 runs.save_model(self.model, os.path.join(self.run_dir, runs.CHECKPOINT_DIR,
                                                          "best.keras"))
@@ -149,6 +153,33 @@ class EpochSeeds(keras.callbacks.Callback):
         self.model.restart_training_noise(epoch)
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the first step after `minutes` in all (`spent` of them before this fit:
+    earlier sessions of a resumed run, a distillation's teacher pairs), and log the minutes spent
+    so far in every epoch's row (as "minutes"; list this before `MetricsLog`). A budget that runs
+    out mid-epoch ends that epoch there, checkpointed as any other."""
+
+    def __init__(self, minutes=None, spent=0.0):
+        super().__init__()
+        self.minutes = minutes
+        self.spent = spent
+        self.started = None
+
+    def elapsed(self):
+        return self.spent + (time.perf_counter() - self.started) / 60.0
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.minutes is not None and self.elapsed() >= self.minutes:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["minutes"] = self.elapsed()
+
+
 class Diverged(UsageError):
     """Training diverged; the run folder still holds the checkpoints of the epochs before it."""
 
@@ -159,17 +190,18 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     Diverged means a non-finite or exploded (over DIVERGED_LOSS) metric at any step, or, at an
     epoch's end, a non-finite weight or a non-finite image among a few sampled with the EMA network
-    (`PROBE_IMAGES` images, `PROBE_STEPS` network calls). Unlike `keras.callbacks.TerminateOnNaN`
+    (`PROBE_IMAGES` images, `probe_steps` network calls). Unlike `keras.callbacks.TerminateOnNaN`
     this raises, so the epoch's end callbacks never run on a diverged model.
     """
 
     DIVERGED_LOSS = 1e10  # far above any loss of these formulations that is still learning
-    PROBE_IMAGES, PROBE_STEPS = 2, 4
+    PROBE_IMAGES = 2
 
-    def __init__(self, run_dir, seed=0):
+    def __init__(self, run_dir, seed=0, probe_steps=4):
         super().__init__()
         self.run_dir = run_dir
         self.seed = seed
+        self.probe_steps = probe_steps
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -185,7 +217,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         if not all(np.all(np.isfinite(keras.ops.convert_to_numpy(weight))) for weight in weights):
             self.stop("non-finite weights", where)
         try:
-            self.model.generate(self.PROBE_IMAGES, self.PROBE_STEPS, seed=self.seed, verbose=False)
+            self.model.generate(self.PROBE_IMAGES, self.probe_steps, seed=self.seed, verbose=False)
         except NonFiniteSamples:
             self.stop("the EMA network samples non-finite images", where)
 

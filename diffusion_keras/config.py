@@ -37,6 +37,7 @@ SAMPLER_NAMES = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm", "heun")
 SPACINGS = ("uniform", "quadratic", "karras", "log_snr")
 VARIANCES = ("posterior", "beta")
 DEFAULT_SAMPLER = "dpmpp2m"
+STUDENT_SAMPLER = "ddim"  # a distilled student's (`ModelConfig.default_sampler`)
 
 # What a formulation means when a setting is left at None (`formulation.Formulation` is what a model
 # learns from the resolved settings; Ho et al. 2020; Lipman et al. 2023 and
@@ -166,9 +167,12 @@ class ModelConfig(_Section):
     ema: float = 0.999
     ema_warmup: float = 0.67  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
     seed: int | None = None  # the training noise's; `training.train` sets the run's seed here
+    # a student (`distillation`) records how it was distilled: None for a diffusion model
+    distillation: str | None = None  # the method, one of DISTILLATION_METHODS
+    student_calls: tuple = ()  # the network calls it was distilled to sample in
 
     def __post_init__(self):
-        for name in ("widths", "attention_resolutions"):
+        for name in ("widths", "attention_resolutions", "student_calls"):
             object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
         checks.positive_int(self.image_size, "image size")
         if self.channels not in (1, 3):
@@ -210,6 +214,29 @@ class ModelConfig(_Section):
             raise UsageError("the ddpm formulation draws its integer timesteps uniformly; "
                              "drop --time-distribution or use --formulation continuous")
         self._check_flow()
+        if self.distillation is not None:
+            checks.choice(self.distillation, DISTILLATION_METHODS, "distillation method")
+            check_student_calls(self.student_calls, self.distillation)
+
+    @property
+    def default_sampler(self):
+        """The sampler `generate` uses unless told: a student's is DDIM (Euler steps on its
+        straightened or distilled path, on the uniform grid it was distilled on)."""
+        return STUDENT_SAMPLER if self.distillation else DEFAULT_SAMPLER
+
+    def check_sampling(self, sampler, steps, spacing, options):
+        """One line where a progressive student is asked to sample otherwise than it was distilled
+        to: DDIM (eta 0) on the uniform grid in exactly its number of calls. Diffusion models and
+        reflow students (a flow model: any sampler, any calls) pass."""
+        if self.distillation != "progressive":
+            return
+        calls = self.student_calls[0]
+        if sampler != STUDENT_SAMPLER or spacing != "uniform" or options.get("eta", 0.0) \
+                or steps != calls:
+            raise UsageError(f"this student was distilled (progressive) to sample in {calls} "
+                             f"network calls of deterministic DDIM on the uniform grid; use "
+                             f"--steps {calls} with the default sampler (got {sampler}, {spacing}, "
+                             f"{steps} steps)")
 
     def _check_flow(self):
         """Rectified flow is its straight path: the flow schedule, and only it, is the flow
@@ -304,40 +331,97 @@ class RunConfig(_Section):
         return self.data_dir is not None or self.dataset not in ("mnist", "fashion_mnist")
 
 
+# Distillation (`distill.py`, `distillation.distill`): a trained rectified-flow model (the teacher)
+# made into a student that samples in a few network calls. "reflow" (Liu et al. 2023) fine-tunes a
+# copy on the teacher's own (noise, image) pairs, straightening its paths, so one student samples in
+# any number of calls; "progressive" (Salimans & Ho 2022) teaches a copy to make in one DDIM step
+# what the teacher makes in two, for one call count (run it again on the student to halve again).
+DISTILLATION_METHODS = ("reflow", "progressive")
+# what distill.py changes in the training defaults: fine-tuning a trained network wants a small
+# learning rate, and an epoch of a few hundred steps checkpoints, samples and resumes often
+DISTILLATION_OPTIMIZATION = {"optimizer": "adamw", "learning_rate": 2e-4, "epochs": 20}
+
+
+def check_student_calls(calls, method):
+    """A student's call counts: positive, and exactly one for a progressive student."""
+    if not calls:
+        raise UsageError("a student needs the network calls it is distilled for, e.g. --calls 4,2,1")
+    for count in calls:
+        checks.positive_int(count, "calls")
+    if method == "progressive" and len(calls) != 1:
+        raise UsageError(f"progressive distillation makes a student for one call count, got "
+                         f"{list(calls)}: pass one --calls N (and distil the student again for "
+                         "N / 2)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationConfig(_Section):
+    """What distill.py makes a student from and how; saved as config.json's `distillation`."""
+
+    teacher: str | None = None  # the teacher's .keras file
+    method: str = "reflow"  # measured best (BENCHMARKS.md, "Fast sampling")
+    calls: tuple = (4, 2, 1)  # reflow: the calls its training weights and its grids show
+    pairs: int = 10000  # reflow: teacher samples (noise, image) to fine-tune on
+    teacher_steps: int = 10  # reflow: the teacher's calls per pair (its default sampler)
+    steps_per_epoch: int = 100  # optimizer steps between checkpoints and sample grids
+    minutes: float | None = None  # stop when pairs and training have taken this long
+
+    def __post_init__(self):
+        object.__setattr__(self, "calls", tuple(int(value) for value in self.calls))
+        checks.choice(self.method, DISTILLATION_METHODS, "distillation method")
+        check_student_calls(self.calls, self.method)
+        checks.positive_int(self.pairs, "pairs")
+        checks.positive_int(self.teacher_steps, "teacher steps")
+        checks.positive_int(self.steps_per_epoch, "steps per epoch")
+        checks.number(self.minutes, "minutes", 0, low_open=True, allow_none=True)
+
+
 SECTIONS = {"model": ModelConfig, "optimization": OptimizationConfig, "run": RunConfig}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    """The three sections together, as `config.json` holds them."""
+    """The three sections together, as `config.json` holds them; a distillation run's (distill.py)
+    has a fourth, `distillation`, and its model section is the student's."""
 
     model: ModelConfig = ModelConfig()
     optimization: OptimizationConfig = OptimizationConfig()
     run: RunConfig = RunConfig()
+    distillation: DistillationConfig | None = None
 
     def to_dict(self):
-        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+        sections = {name: getattr(self, name).to_dict() for name in SECTIONS}
+        if self.distillation is not None:
+            sections[DISTILLATION] = self.distillation.to_dict()
+        return sections
 
     @classmethod
     def from_dict(cls, data, where="config", base=None):
         """The settings in `data` ({section: {setting: value}}, any part of them) on top of `base`
         (default: the defaults); unknown sections or settings are one-line errors naming them."""
+        known = {**SECTIONS, DISTILLATION: DistillationConfig}
         if not isinstance(data, dict):
             raise UsageError(f"{where} must hold a JSON object with sections {list(SECTIONS)}")
-        unknown = sorted(set(data) - set(SECTIONS) - {METADATA, LEGACY_METADATA})
+        unknown = sorted(set(data) - set(known) - {METADATA, LEGACY_METADATA})
         if unknown:
-            raise UsageError(f"unknown section(s) {unknown} in {where}; known: {list(SECTIONS)}")
-        for name, section in SECTIONS.items():
+            raise UsageError(f"unknown section(s) {unknown} in {where}; known: {list(known)}")
+        for name, section in known.items():
             unknown = sorted(set(data.get(name, {})) - set(section.field_names()))
             if unknown:
                 raise UsageError(f"unknown setting(s) {unknown} in {where} [{name}]; known: "
                                  f"{section.field_names()}")
-        return (base or cls()).updated({name: data.get(name, {}) for name in SECTIONS})
+        return (base or cls()).updated({name: data[name] for name in known if name in data})
 
     def updated(self, changes):
         """A copy with `changes` ({section: {setting: value}}) applied."""
+        distillation = self.distillation
+        if DISTILLATION in changes:
+            distillation = (distillation or DistillationConfig()).replace(**changes[DISTILLATION])
         return TrainingConfig(**{name: getattr(self, name).replace(**changes.get(name, {}))
-                                 for name in SECTIONS})
+                                 for name in SECTIONS}, distillation=distillation)
+
+
+DISTILLATION = "distillation"  # config.json's section of a distillation run
 
 
 # config.json's section of facts about the run that are not settings ({"num_images": N});

@@ -207,14 +207,16 @@ class ImageBatches(keras.utils.PyDataset):
 
     The last incomplete batch is dropped so every training step has the same (compiled) shape.
     With `labels` (class indices, one per image) a batch is (images, labels), as `fit` passes
-    them to a class-conditional model. With `shard=(index, count)` (one process of a multi-process
-    run) a batch holds this process's share of rows of the global batch of `batch_size`, so the
-    processes together see exactly the batches one process would. Batches are read ahead by
-    `workers` threads.
+    them to a class-conditional model; `paired` (one array row per image, e.g. a reflow student's
+    starting noises) rides along the same way, as (images, paired) or (images, (paired, labels)).
+    With `shard=(index, count)` (one process of a multi-process run) a batch holds this process's
+    share of rows of the global batch of `batch_size`, so the processes together see exactly the
+    batches one process would. `steps_per_epoch` caps an epoch at that many batches, each epoch a
+    fresh seeded draw. Batches are read ahead by `workers` threads.
     """
 
     def __init__(self, images, batch_size, flip=True, seed=0, shuffle=True, epoch=0, indices=None,
-                 shard=(0, 1), workers=2, labels=None, **kwargs):
+                 shard=(0, 1), workers=2, labels=None, paired=None, steps_per_epoch=None, **kwargs):
         super().__init__(workers=workers, **kwargs)
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) < batch_size:
@@ -226,6 +228,8 @@ class ImageBatches(keras.utils.PyDataset):
                              "processes; use a multiple of the process count")
         self.images = images
         self.labels = None if labels is None else np.asarray(labels, "int32")
+        self.paired = None if paired is None else np.asarray(paired)
+        self.steps_per_epoch = steps_per_epoch
         self.batch_size = batch_size
         self.rows = slice(shard_index * batch_size // shard_count,
                           (shard_index + 1) * batch_size // shard_count)
@@ -252,13 +256,22 @@ class ImageBatches(keras.utils.PyDataset):
         self.order, self.flips = self.plan(epoch)
 
     def __len__(self):
-        return len(self.indices) // self.batch_size
+        full = len(self.indices) // self.batch_size
+        return full if self.steps_per_epoch is None else min(full, self.steps_per_epoch)
 
     def batch(self, order, flips):
-        """The images at `order` (sorted), flipped where `flips` says, with their labels if any."""
+        """The images at `order` (sorted), flipped where `flips` says, with their paired rows and
+        labels if any."""
         batch = self.images[order]
         batch[flips] = batch[flips, :, ::-1]
-        return batch if self.labels is None else (batch, self.labels[order])
+        targets = [values[order] for values in self.target_arrays()]
+        if not targets:
+            return batch
+        return batch, targets[0] if len(targets) == 1 else tuple(targets)
+
+    def target_arrays(self):
+        """The per-image arrays a batch carries besides its images: paired rows, then labels."""
+        return [values for values in (self.paired, self.labels) if values is not None]
 
     def __getitem__(self, index):
         start = index * self.batch_size
@@ -294,13 +307,23 @@ class ImageBatches(keras.utils.PyDataset):
                                                          tf.ensure_shape(flips, [None])))
             return slices.batch(self.batch_size, drop_remainder=True)
 
+        targets = self.target_arrays()
+
+        def read_flat(order, flips):  # (images, target, ...) as numpy_function returns them
+            images, batch_targets = self.batch(order, flips)
+            return [images, *(batch_targets if len(targets) > 1 else [batch_targets])]
+
         def read(order, flips):
-            if self.labels is None:
+            if not targets:
                 batch = tf.numpy_function(self.batch, [order, flips], image_dtype, stateful=False)
                 return tf.ensure_shape(batch, image_shape)
-            images, labels = tf.numpy_function(self.batch, [order, flips],
-                                               (image_dtype, tf.int32), stateful=False)
-            return tf.ensure_shape(images, image_shape), tf.ensure_shape(labels, image_shape[:1])
+            arrays = tf.numpy_function(
+                read_flat, [order, flips],
+                (image_dtype, *(tf.as_dtype(values.dtype) for values in targets)), stateful=False)
+            images, *rows = arrays
+            rows = [tf.ensure_shape(row, [self.batch_size, *values.shape[1:]])
+                    for row, values in zip(rows, targets)]
+            return tf.ensure_shape(images, image_shape), rows[0] if len(rows) == 1 else tuple(rows)
 
         dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
         # a known length lets Keras end each validation pass without an "ran out of data" warning

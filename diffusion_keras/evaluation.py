@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from diffusion_keras import backend, checks, cifar10_features, distributed, metrics, runs, samplers
-from diffusion_keras.config import DEFAULT_SAMPLER, default_cache_dir
+from diffusion_keras.config import default_cache_dir
 from diffusion_keras.data import open_images, preprocess
 from diffusion_keras.errors import UsageError
 
@@ -130,9 +130,9 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
              inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=None, seed=0,
              cache_dir=None, extractor=None, features="auto", sampling=None, verbose=False):
     """KID and FID of `num_images` EMA samples (`diffusion_steps` steps of the sampler in `sampling`,
-    `generate`'s sampler, spacing and options; default `DEFAULT_SAMPLER`) against real images,
-    in InceptionV3's features or (`features="cifar10"`, or "auto" without Inception weights) the
-    CIFAR-10 classifier's, where they are named KD-cifar10 and FD-cifar10.
+    `generate`'s sampler, spacing and options; default the model's, `ModelConfig.default_sampler`)
+    against real images, in InceptionV3's features or (`features="cifar10"`, or "auto" without
+    Inception weights) the CIFAR-10 classifier's, where they are named KD-cifar10 and FD-cifar10.
 
     Real images come from `data_dir` or the tfds `dataset` `split`. KID uses the first `kid_images`
     samples and a seeded subset of as many real images. The result is also saved as JSON next to the
@@ -140,11 +140,14 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     """
     if num_images < 2 or kid_images < 2:
         raise UsageError(f"KID and FID need at least 2 images, got {min(num_images, kid_images)}")
-    sampling = {"sampler": DEFAULT_SAMPLER, **(sampling or {})}
-    samplers.get_sampler(sampling["sampler"], **{key: value for key, value in sampling.items()
-                                                 if key not in ("sampler", "spacing")})
     checks.seed(seed)
     model = runs.load_checkpoint(checkpoint)
+    sampling = {"sampler": model.config.default_sampler, **(sampling or {})}
+    options = {key: value for key, value in sampling.items() if key not in ("sampler", "spacing")}
+    record = samplers.sampler_record(sampling["sampler"])
+    record.bind(**options)
+    model.config.check_sampling(sampling["sampler"], diffusion_steps,
+                                sampling.get("spacing") or record.default_spacing, options)
     batch_size = batch_size or backend.default_sample_batch_size()
     if extractor is None:
         features, extractor = feature_extractor(features, model.config.channels,

@@ -190,9 +190,15 @@ class DiffusionModel(keras.Model):
         images = y_pred
         noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         diffusion_times = self.formulation.training_times(ops.shape(images)[0], self.seed_generator)
+        return self.denoising_loss(images, noises, diffusion_times,
+                                   self.training_labels(y, training), training)
+
+    def denoising_loss(self, images, noises, diffusion_times, labels=None, training=True):
+        """The formulation's loss of denoising `images` noised by `noises` at these times (the
+        target pair a distilled student is given instead of data and fresh noise), tracking the
+        noise and image MAE, then the EMA update when training."""
         noisy_images, noise_rates, signal_rates = self.formulation.noisy(images, noises,
                                                                          diffusion_times)
-        labels = self.training_labels(y, training)
         pred_noises, pred_images = self.denoise(noisy_images, noise_rates, signal_rates, training,
                                                 labels)
         loss = self.formulation.loss(noises, images, pred_noises, pred_images, noise_rates,
@@ -284,13 +290,14 @@ class DiffusionModel(keras.Model):
         return seeding.initial_noise(seed, first_image, num_images, self.image_shape)
 
     def generate(self, num_images, diffusion_steps=20, initial_noise=None, seed=None,
-                 batch_size=None, sampler=DEFAULT_SAMPLER, spacing=None, callback=None,
+                 batch_size=None, sampler=None, spacing=None, callback=None,
                  verbose="auto", first_image=0, labels=None, guidance=1.0, network="ema",
                  **options):
         """Sample `num_images` images in [0, 1] as a NumPy array (N, H, W, C), batch by batch.
 
-        `sampler` is a name in `samplers.SAMPLERS`, `options` its settings (eta, variance),
-        `spacing` its time grid (default: the sampler's `default_spacing`). One seed
+        `sampler` is a name in `samplers.SAMPLERS` (default: the model's, `ModelConfig.
+        default_sampler`: DPM-Solver++(2M), DDIM for a distilled student), `options` its settings
+        (eta, variance), `spacing` its time grid (default: the sampler's `default_spacing`). One seed
         per image: image i is a function of (seed, first_image + i) and these settings only, whatever
         `batch_size` (default: this device's fastest) or `num_images`; `initial_noise` replaces the
         seeded starting noise (interpolation). `callback(step, time, noisy_images, pred_images)`
@@ -306,10 +313,13 @@ class DiffusionModel(keras.Model):
         An unseeded call draws a fresh seed from the operating system, never from the training
         random stream (which it would move).
         """
+        sampler = sampler or self.config.default_sampler
         record = samplers.sampler_record(sampler)
         record.bind(**options)  # bad settings fail here, before any work
+        spacing = spacing or record.default_spacing
+        self.config.check_sampling(sampler, diffusion_steps, spacing, options)
         chosen = self.network_for(network)
-        times = self.sampling_times(diffusion_steps, spacing or record.default_spacing)
+        times = self.sampling_times(diffusion_steps, spacing)
         initial_noise, num_images = self._checked_noise(initial_noise, num_images)
         labels = self._sampling_labels(labels, num_images)
         guidance = self._checked_guidance(guidance, labels)

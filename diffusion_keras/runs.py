@@ -199,6 +199,7 @@ def find_checkpoint(path=None):
 
 def load_checkpoint(path, compile=False):
     """Load a DiffusionModel saved as `.keras`; a one-line error for missing or foreign files."""
+    from diffusion_keras import distillation  # noqa: F401 (registers Student, for students)
     from diffusion_keras.model import DiffusionModel
 
     if not os.path.isfile(path):
@@ -218,6 +219,22 @@ def load_checkpoint(path, compile=False):
         raise UsageError(f"checkpoint {path!r} holds a {type(model).__name__}, not a "
                          "diffusion_keras DiffusionModel")
     return model
+
+
+def saved_model_config(path):
+    """The `ModelConfig` a .keras checkpoint holds, read from its config without building the
+    model (to check sampling settings before any work); a one-line error for other files."""
+    from diffusion_keras.config import ModelConfig
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved = json.loads(archive.read("config.json"))["config"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise UsageError(f"checkpoint {path!r} could not be read as a diffusion_keras model "
+                         f"({type(error).__name__}); pass a .keras file saved by train.py"
+                         ) from error
+    return ModelConfig.from_dict({name: value for name, value in saved.items()
+                                  if name in ModelConfig.field_names()}, path)
 
 
 def checkpoint_epoch(path):

@@ -114,6 +114,13 @@ def fresh_noise(step_seeds, index, like):
     return seeding.per_image_normal(ops.take(step_seeds, index, axis=0), tuple(ops.shape(like)[1:]))
 
 
+def ddim_step(pred_noises, pred_images, next_rates):
+    """Deterministic DDIM's next noisy images: the estimates re-noised at `next_rates` (noise and
+    signal rates); on rectified flow's path, an Euler step of the velocity."""
+    next_noise_rates, next_signal_rates = next_rates
+    return next_signal_rates * pred_images + next_noise_rates * pred_noises
+
+
 def ddim(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, callback=None,
          eta=0.0):
     """DDIM (Song et al. 2021, eq. 12): eta = 0 deterministic, eta = 1 the DDPM posterior."""
@@ -121,7 +128,7 @@ def ddim(denoise, initial_noise, diffusion_times, schedule, *, step_seeds=None, 
         (noise_rates, signal_rates), (next_noise_rates, next_signal_rates) = rates, next_rates
         pred_noises, pred_images = denoise(noisy_images, noise_rates, signal_rates)
         if eta == 0.0:  # deterministic: no variance to compute on every step
-            return (next_signal_rates * pred_images + next_noise_rates * pred_noises,), pred_images
+            return (ddim_step(pred_noises, pred_images, next_rates),), pred_images
         # the fresh noise's std (DDIM's sigma_t; not EDM's sigma = noise / signal, as in `heun`):
         # std^2 = eta^2 (1 - a_next) / (1 - a) (1 - a / a_next), the posterior variance times eta^2
         step_noise_stds = eta * ops.sqrt(ops.maximum(

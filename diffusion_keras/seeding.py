@@ -11,6 +11,8 @@ image, another stream or another seed.
                    (the same seed gives other, equally valid, stochastic samples on another backend).
                    On PyTorch, Keras seeds a generator with the 32-bit sum of the pair, so two draws
                    among about 2^16 can meet by chance; on TensorFlow and JAX the pair is 64 bits.
+    PAIR_NOISE     a reflow distillation's teacher pairs' noises (and labels): apart from every
+                   image `generate` makes, so no sample starts from a noise a student trained on.
 Training draws its noise from the model's `SeedGenerator`, restarted at every epoch from
 `epoch_seed(seed, epoch)`, so a resumed epoch draws what an uninterrupted one did.
 """
@@ -19,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-INITIAL_NOISE, STEP_NOISE, EPOCH_NOISE = 0, 1, 2
+INITIAL_NOISE, STEP_NOISE, EPOCH_NOISE, PAIR_NOISE = 0, 1, 2, 3
 
 
 def fresh_seed():
@@ -32,11 +34,25 @@ def _stream(seed, index, stream):
     return np.random.SeedSequence(int(seed), spawn_key=(int(index), stream))
 
 
+def _normals(seed, first, count, shape, stream):
+    return np.stack([np.random.default_rng(_stream(seed, index, stream))
+                     .standard_normal(shape, dtype=np.float32)
+                     for index in range(first, first + count)])
+
+
 def initial_noise(seed, first_image, count, shape):
     """Images first_image .. first_image + count - 1's starting noise: (count, *shape) float32."""
-    return np.stack([np.random.default_rng(_stream(seed, index, INITIAL_NOISE))
-                     .standard_normal(shape, dtype=np.float32)
-                     for index in range(first_image, first_image + count)])
+    return _normals(seed, first_image, count, shape, INITIAL_NOISE)
+
+
+def pair_noise(seed, first_pair, count, shape):
+    """Teacher pairs first_pair .. first_pair + count - 1's noises: (count, *shape) float32."""
+    return _normals(seed, first_pair, count, shape, PAIR_NOISE)
+
+
+def pair_stream(seed):
+    """The seed of a run's pair labels (one draw for all pairs)."""
+    return np.random.SeedSequence(int(seed), spawn_key=(PAIR_NOISE,))
 
 
 def step_seeds(seed, first_image, count, steps):

@@ -57,16 +57,18 @@ def learning_rate_schedule(optimization, total_updates):
                                                                    config.accumulate_steps)
 
 
-def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), steps_per_epoch=1):
+def build_model(model_config=ModelConfig(), optimization=OptimizationConfig(), steps_per_epoch=1,
+                model_class=DiffusionModel):
     """A compiled DiffusionModel with its optimizer (gradients clipped to global norm `clip_norm`
     when given), its learning-rate schedule over `optimization.epochs` of `steps_per_epoch`
     batches, and this backend's best compile settings.
 
     `precision` is a Keras dtype policy (default: the fastest measured for this backend and
     machine); `accumulate_steps` > 1 averages gradients over that many batches before each update,
-    so a small device trains with a large effective batch."""
+    so a small device trains with a large effective batch. `model_class`: a DiffusionModel
+    subclass (a distillation's `Student`)."""
     config = optimization
-    model = DiffusionModel(model_config, dtype=config.precision or backend.default_dtype_policy())
+    model = model_class(model_config, dtype=config.precision or backend.default_dtype_policy())
     total_updates = config.epochs * steps_per_epoch // config.accumulate_steps
     model.compile(
         optimizer=build_optimizer(config, learning_rate_schedule(config, total_updates)),
@@ -99,18 +101,27 @@ def tensorboard_callbacks(run_dir):
 
 # what a resumed run may change: how long it trains and what it leaves, not what it learns
 RESUME_CHANGEABLE = ("optimization.epochs", "run.plot_every", "run.keep_checkpoints",
-                     "run.tensorboard", "run.cache_dir", "run.distribute")
+                     "run.tensorboard", "run.cache_dir", "run.distribute", "distillation.minutes")
 
 
-def resume_changes(saved, config, sections=("optimization", "run")):
+def resume_changes(saved, config, sections=("optimization", "run", "distillation")):
     """The (section, setting) pairs of `sections` where `config` differs from a run's `saved`
     settings and a resumed run may not (a run folder left unset aside). `train` leaves out the
     model's section: those settings are the checkpoint's, whatever `config` says."""
-    return [(section, field) for section in sections
+    return [(section, field) for section in sections if getattr(config, section) is not None
             for field, value in getattr(config, section).to_dict().items()
             if f"{section}.{field}" not in RESUME_CHANGEABLE
             and value != getattr(saved, section).to_dict()[field]
             and not (f"{section}.{field}" == "run.run_dir" and value is None)]
+
+
+def check_made_by(saved, distilling, run_dir):
+    """One line where a training run would be continued as a distillation, or the other way round
+    (`saved`: the run's config.json)."""
+    if (saved.distillation is not None) != distilling:
+        made, other = ("distill.py", "train.py") if saved.distillation else ("train.py", "distill.py")
+        raise UsageError(f"{run_dir!r} was made by {made}, not {other}: continue it with python "
+                         f"{made} --resume {run_dir}")
 
 
 def check_resume(run_dir, config, resume_from):
@@ -118,6 +129,7 @@ def check_resume(run_dir, config, resume_from):
     train.py alike: its config.json matches its checkpoint, only `RESUME_CHANGEABLE` settings
     change, the epochs go beyond those completed, and a cosine schedule keeps its end."""
     saved = read_config(os.path.join(run_dir, "config.json"))
+    check_made_by(saved, config.distillation is not None, run_dir)
     mismatched = saved.model.differences(resume_from.model.config, ("config.json", "checkpoint"))
     if mismatched:
         raise UsageError(f"{os.path.join(run_dir, 'config.json')} does not match its checkpoint "
@@ -161,6 +173,9 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     """
     run, optimization = config.run, config.optimization
     seed, batch_size, epochs = run.seed, optimization.batch_size, optimization.epochs
+    if config.distillation is not None or config.model.distillation is not None:
+        raise UsageError("these are a distillation's settings (a student's): distillation.distill "
+                         "(distill.py) makes students; train starts from training settings")
     if resume_from is not None:
         check_resume(run_dir, config, resume_from)
     elif config.model.seed not in (None, seed):

@@ -96,9 +96,10 @@ def add_sampling_arguments(parser, steps=20):
     from diffusion_keras.config import DEFAULT_SAMPLER, SAMPLER_NAMES, SPACINGS, VARIANCES
 
     group = parser.add_argument_group("sampling")
-    group.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLER_NAMES,
-                       help="dpmpp2m (DPM-Solver++(2M)), dpmpp3m, ddim, ddpm (ancestral) or heun "
-                            "(2 network calls a step)")
+    group.add_argument("--sampler", choices=SAMPLER_NAMES,
+                       help=f"dpmpp2m (DPM-Solver++(2M)), dpmpp3m, ddim, ddpm (ancestral) or heun "
+                            f"(2 network calls a step); default: the model's, {DEFAULT_SAMPLER} "
+                            "(ddim for a student made by distill.py)")
     group.add_argument("--steps", type=positive_int_argument, default=steps,
                        help="sampling steps (network calls; Heun: 2 x steps - 1)")
     group.add_argument("--spacing", choices=SPACINGS,
@@ -116,19 +117,20 @@ def add_distribute_argument(parser):
                              "with the JAX backend")
 
 
-def sampling_settings(args):
-    """`generate`'s sampler settings from the flags: sampler, spacing and the chosen sampler's
-    options (its `Sampler.options`: eta for DDIM, variance for DDPM; unset, the sampler's default),
-    rejecting options of another sampler."""
+def sampling_settings(args, model_config):
+    """`generate`'s sampler settings from the flags: sampler (unset: `model_config`'s default),
+    spacing and the chosen sampler's options (its `Sampler.options`: eta for DDIM, variance for
+    DDPM; unset, the sampler's default), rejecting options of another sampler."""
     from diffusion_keras.samplers import SAMPLERS, sampler_record
 
-    record = sampler_record(args.sampler)
+    sampler = args.sampler or model_config.default_sampler
+    record = sampler_record(sampler)
     given = {"eta": args.eta or None, "variance": args.variance}  # None: not given
     for option, value in given.items():
         if value is not None and option not in record.options:
             owner = next(name for name, other in SAMPLERS.items() if option in other.options)
             raise UsageError(f"--{option} is a {owner.upper()} setting; drop it or use --sampler "
-                             f"{owner} (got --sampler {args.sampler})")
+                             f"{owner} (got --sampler {sampler})")
     options = {option: default if given.get(option) is None else given[option]
                for option, default in record.option_defaults.items()}
-    return {"sampler": args.sampler, "spacing": args.spacing or record.default_spacing, **options}
+    return {"sampler": sampler, "spacing": args.spacing or record.default_spacing, **options}

@@ -50,12 +50,13 @@ def evaluate_from_args(args):
     from diffusion_keras import distributed, runs
     from diffusion_keras.evaluation import evaluate
 
-    sampling = sampling_settings(args)
+    checkpoint = runs.find_checkpoint(args.checkpoint)
+    sampling = sampling_settings(args, runs.saved_model_config(checkpoint))
     if args.distribute:
         distributed.start()  # before the model's variables are made
     weights = None if args.inception_weights == "random" else args.inception_weights
     result = evaluate(
-        runs.find_checkpoint(args.checkpoint), args.num_images, args.steps, args.dataset,
+        checkpoint, args.num_images, args.steps, args.dataset,
         args.split, args.data_dir, args.limit, weights, args.inception_size, args.kid_images,
         args.batch_size, args.seed, args.cache_dir, features=args.features, sampling=sampling,
         verbose=not args.quiet,

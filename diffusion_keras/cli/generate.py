@@ -156,13 +156,13 @@ def generate_from_args(args):
     from diffusion_keras.plotting import image_grid, plot_image_table, save_gif, save_image_grid
     from diffusion_keras.samplers import SAMPLERS, sampling_name
 
-    sampling = sampling_settings(args)
     checkpoint = runs.find_checkpoint(args.checkpoint)
     output = runs.check_creatable(args.output or default_output(checkpoint), "output folder",
                                   "--output")  # before any sampling, so no work is lost
     if args.distribute:
         distributed.start()  # before the model's variables are made
     model = runs.load_checkpoint(checkpoint)
+    sampling = sampling_settings(args, model.config)
     classes = chosen_classes(model, args)
     guidances = args.guidance or [1.0]
     base = f"{safe(os.path.splitext(os.path.basename(checkpoint))[0])}_" \
@@ -210,7 +210,7 @@ def generate_from_args(args):
         written = generation.finish({
             "checkpoint": os.path.abspath(checkpoint),
             "checkpoint_modified": os.path.getmtime(checkpoint), **sampling, "steps": args.steps,
-            "network_evaluations": SAMPLERS[args.sampler].network_evaluations(args.steps),
+            "network_evaluations": SAMPLERS[sampling["sampler"]].network_evaluations(args.steps),
             "num_images": num_images, "batch_size": batch_size, "seed": args.seed,
             "classes": names, "guidance": guidances if names else None,
             "frames": args.frames if args.interpolate else None,

@@ -18,11 +18,15 @@ def shown(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def add(group, flag, section, help, field=None, **kwargs):
+SECTION_CLASSES = {**settings.SECTIONS, settings.DISTILLATION: settings.DistillationConfig}
+
+
+def add(group, flag, section, help, field=None, defaults=None, **kwargs):
     """A flag for `section.field`: absent from the parsed namespace unless given, so a config file
-    and the dataclass defaults stay underneath; --help shows the default from `config.py`."""
+    and the dataclass defaults stay underneath; --help shows the default from `config.py` (or from
+    `defaults`, {field: value}, where a command starts from other ones)."""
     field = field or flag[2:].replace("-", "_")
-    default = getattr(settings.SECTIONS[section](), field)
+    default = (defaults or {}).get(field, getattr(SECTION_CLASSES[section](), field))
     if kwargs.get("action") != "store_const":
         if default is not None:
             help = f"{help} (default: {shown(default)})"
@@ -152,26 +156,29 @@ def given_settings(args):
     return changes
 
 
-def flag_name(section, field):
-    for action in parser()._actions:
+def flag_name(section, field, make_parser=None):
+    for action in (make_parser or parser)()._actions:
         if action.dest == f"{section}.{field}":
             return action.option_strings[0]
     return f"{section}.{field}"
 
 
-def resumed_config(args):
-    """The run folder and the settings saved in its config.json, with the changeable flags applied."""
+def resumed_config(args, make_parser=None):
+    """The run folder and the settings saved in its config.json, with the changeable flags applied
+    (`make_parser`: the command's parser, default train.py's; another is distill.py's)."""
     from diffusion_keras import runs
-    from diffusion_keras.training import RESUME_CHANGEABLE, resume_changes
+    from diffusion_keras.training import RESUME_CHANGEABLE, check_made_by, resume_changes
 
     run_dir = args.resume or runs.newest_run()
     saved = settings.read_config(os.path.join(run_dir, "config.json"))
+    check_made_by(saved, make_parser not in (None, parser), run_dir)
     config = saved.updated(given_settings(args))
-    changed = resume_changes(saved, config, settings.SECTIONS)
+    changed = resume_changes(saved, config)
     extra = [flag for flag in ("--config", "--recipe", "--preset") if hasattr(args, flag[2:])]
     if changed or extra:
-        flags = ", ".join([flag_name(*name) for name in changed] + extra)
-        changeable = ", ".join(flag_name(*name.split(".")) for name in RESUME_CHANGEABLE)
+        flags = ", ".join([flag_name(*name, make_parser) for name in changed] + extra)
+        names = [flag_name(*name.split("."), make_parser) for name in RESUME_CHANGEABLE]
+        changeable = ", ".join(name for name in names if name.startswith("--"))
         raise UsageError(f"--resume continues {run_dir!r} with its saved settings; drop {flags} "
                          f"(only {changeable} may change)")
     return run_dir, config
@@ -188,6 +195,9 @@ def config_from_args(args):
                                                                 "model": {"seed": None}})
     given = given_settings(args)
     config = base.updated(given)
+    if config.distillation is not None:
+        raise UsageError(f"{args.config} is a distillation run's config (distill.py made it); "
+                         "train.py --config takes a training run's config.json")
     if "timesteps" in given.get("model", {}) and config.model.formulation != "ddpm":
         raise UsageError(f"--timesteps sets the DDPM formulation's integer steps; the "
                          f"{config.model.formulation} formulation has none: drop it, or add "
@@ -255,21 +265,21 @@ def what_is_trained(images, config):
     return f"{counted(len(trained), 'image')} of shape {images.shape[1:]}{classes} ({validation})"
 
 
-def what_is_saved(run_dir):
+def what_is_saved(run_dir, script="train.py"):
     from diffusion_keras import runs
 
     checkpoints = runs.run_checkpoints(run_dir)
     if not checkpoints:
         return "no epoch had completed, so nothing was saved"
     return (f"epochs up to {runs.checkpoint_epoch(checkpoints[-1])} are saved in {run_dir}; "
-            f"resume with: {resume_command(run_dir)}")
+            f"resume with: {resume_command(run_dir, script)}")
 
 
-def resume_command(run_dir):
+def resume_command(run_dir, script="train.py"):
     """The command that continues `run_dir`, with the interpreter and backend this one used."""
     python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"
     backend = os.environ.get("KERAS_BACKEND")
-    return f"{f'KERAS_BACKEND={backend} ' if backend else ''}{python} train.py --resume {run_dir}"
+    return f"{f'KERAS_BACKEND={backend} ' if backend else ''}{python} {script} --resume {run_dir}"
 
 
 def train_from_args(args):

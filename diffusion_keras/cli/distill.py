@@ -1,0 +1,162 @@
+"""python distill.py: make a trained model's few-call student (`distillation`) in a run folder.
+
+Flags set fields of the run's `config.TrainingConfig` as train.py's do (the defaults are in
+`config.py`: `DistillationConfig`, and `DISTILLATION_OPTIMIZATION` over training's).
+"""
+
+import argparse
+import os
+import sys
+
+from diffusion_keras import config as settings
+from diffusion_keras.checks import (
+    positive_float_argument,
+    positive_int_argument,
+    positive_int_list_argument,
+)
+from diffusion_keras.cli import Parser, add_checkpoint_argument, run
+from diffusion_keras.cli.train import add, given_settings, resumed_config, what_is_saved
+from diffusion_keras.errors import UsageError
+
+EPOCHS_WITH_MINUTES = 10_000  # --minutes without --epochs: the minutes end the run
+
+
+def parser():
+    p = Parser(description="Distil a trained diffusion model into a student that samples in 1-4 "
+                           "network calls (docs/distillation.md).")
+    add_checkpoint_argument(p)
+    distil = p.add_argument_group("distillation")
+    add(distil, "--method", "distillation", "reflow: fine-tune on the teacher's (noise, image) "
+        "pairs, one student for every call count; progressive: one DDIM step learns two of the "
+        "teacher's, for one call count", choices=settings.DISTILLATION_METHODS)
+    add(distil, "--calls", "distillation", "network calls the student is made for, comma-separated "
+        "(progressive: one, with the teacher sampled in twice as many)",
+        type=positive_int_list_argument)
+    add(distil, "--pairs", "distillation", "reflow: teacher pairs to fine-tune on",
+        type=positive_int_argument)
+    add(distil, "--teacher-steps", "distillation", "reflow: the teacher's network calls per pair",
+        type=positive_int_argument)
+    add(distil, "--steps-per-epoch", "distillation", "optimizer steps per epoch (a checkpoint and "
+        "sample grids each)", type=positive_int_argument)
+    add(distil, "--minutes", "distillation", "stop when the pairs and training have taken this "
+        "long (with no --epochs: train until then)", type=positive_float_argument)
+    data = p.add_argument_group("data (progressive only: reflow's data are the teacher's pairs)")
+    add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
+        choices=settings.DATASETS)
+    add(data, "--data-dir", "run", "folder of images the teacher was trained on")
+    add(data, "--limit", "run", "a seeded random N-image subset", type=positive_int_argument)
+    add(data, "--cache-dir", "run", "where the images are prepared once")
+    add(data, "--no-flip", "run", "disable random horizontal flips", field="flip",
+        action="store_const", const=False)
+    opt = p.add_argument_group("optimization")
+    defaults = settings.DISTILLATION_OPTIMIZATION
+    add(opt, "--epochs", "optimization", "epochs of --steps-per-epoch steps",
+        type=positive_int_argument, defaults=defaults)
+    add(opt, "--batch-size", "optimization", "images per step", type=positive_int_argument)
+    add(opt, "--optimizer", "optimization", "adamw or muon", choices=settings.OPTIMIZERS,
+        defaults=defaults)
+    add(opt, "--learning-rate", "optimization", "learning rate", type=float, defaults=defaults)
+    add(opt, "--precision", "optimization", "Keras dtype policy (default: the fastest measured "
+        "here)", choices=settings.PRECISIONS)
+    out = p.add_argument_group("output")
+    add(out, "--run-dir", "run", "run folder (default: runs/<timestamp>)")
+    add(out, "--plot-every", "run", "save sample grids every N epochs", type=positive_int_argument)
+    add(out, "--keep-checkpoints", "run", "epoch checkpoints to keep", type=positive_int_argument)
+    add(out, "--seed", "run", "seed for the pairs, data order, noise and samples", type=int)
+    p.add_argument("--resume", default=argparse.SUPPRESS, metavar="RUN_DIR",
+                   help="continue an interrupted distillation after its last completed epoch, with "
+                        "its saved settings; only --epochs, --minutes, --plot-every and "
+                        "--keep-checkpoints may change")
+    return p
+
+
+def config_from_args(args):
+    """A new distillation's settings: training's defaults, `DISTILLATION_OPTIMIZATION`, the flags,
+    and the teacher's checkpoint (found as generate.py finds one)."""
+    from diffusion_keras import runs
+
+    given = given_settings(args)
+    optimization = {**settings.DISTILLATION_OPTIMIZATION, **given.get("optimization", {})}
+    if "minutes" in given.get(settings.DISTILLATION, {}) and "epochs" not in given.get(
+            "optimization", {}):
+        optimization["epochs"] = EPOCHS_WITH_MINUTES
+    teacher = os.path.abspath(runs.find_checkpoint(args.checkpoint))
+    return settings.TrainingConfig().updated({
+        **given, "optimization": optimization,
+        settings.DISTILLATION: {**given.get(settings.DISTILLATION, {}), "teacher": teacher}})
+
+
+def open_distillation(args):
+    """The settings, the teacher's config and the resume point (None for a new run), all checked
+    before any data is read or any folder made."""
+    from diffusion_keras import distillation, runs
+    from diffusion_keras.training import check_resume
+
+    if hasattr(args, "resume"):
+        if args.checkpoint:
+            raise UsageError("--resume continues with the run's own teacher; drop --checkpoint")
+        run_dir, config = resumed_config(args, parser)
+        resume_from = runs.resume_point(run_dir)
+        for _, reason in resume_from.skipped:
+            print(f"warning: {reason}; skipping it", file=sys.stderr)
+        check_resume(run_dir, config, resume_from)
+        return config.updated({"run": {"run_dir": run_dir}}), resume_from
+    config = config_from_args(args)
+    if config.run.run_dir:
+        runs.check_new_run_dir(config.run.run_dir)
+    distillation.check_teacher(runs.load_checkpoint(config.distillation.teacher),
+                               config.distillation)
+    return config, None
+
+
+def training_images(config):
+    """(images, labels) progressive distillation noises, read as train.py reads them; reflow: none."""
+    from diffusion_keras import runs
+    from diffusion_keras.data import open_images
+
+    if config.distillation.method != "progressive":
+        return None, None
+    teacher = runs.saved_model_config(config.distillation.teacher)
+    run = config.run
+    images = open_images(teacher.image_size, run.dataset, run.data_dir, run.limit, run.seed,
+                         teacher.channels, run.cache_dir, conditional=bool(teacher.class_names))
+    if not teacher.class_names:
+        return images, None
+    if tuple(images.class_names) != teacher.class_names:
+        raise UsageError(f"the data's classes {list(images.class_names)} are not the teacher's "
+                         f"{list(teacher.class_names)}; distil on the data it was trained on")
+    return images, images.labels
+
+
+def distill_from_args(args):
+    from diffusion_keras import distillation, runs
+
+    config, resume_from = open_distillation(args)
+    images, labels = training_images(config)
+    run_dir = config.run.run_dir
+    if resume_from is not None:
+        print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
+    else:
+        run_dir = run_dir or runs.new_run_dir()
+        print(f"{distillation.describe(config)}; run folder {run_dir}")
+    made_here = resume_from is None and not config.run.run_dir
+    try:
+        distillation.distill(run_dir, config.updated({"run": {"run_dir": run_dir}}), images,
+                             labels, resume_from, verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        print(f"interrupted: {what_is_saved(run_dir, 'distill.py')}", file=sys.stderr)
+        return 130
+    finally:
+        if made_here:
+            runs.release_run_dir(run_dir)  # only if the run never started (the folder is empty)
+    print(f"done: the student is {runs.find_checkpoint(run_dir)}; sample it with python "
+          f"generate.py --checkpoint {run_dir} --steps {min(config.distillation.calls)}")
+    return 0
+
+
+def main(argv=None):
+    return run(distill_from_args, parser().parse_args(argv), what="distilling")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
