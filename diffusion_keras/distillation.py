@@ -226,10 +226,24 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
         if images.shape[1:] != teacher.image_shape:
             raise UsageError(f"the images are shaped {images.shape[1:]}, the teacher makes "
                              f"{teacher.image_shape}: use the data it was trained on")
+    count = distillation.pairs if distillation.method == "reflow" else len(images)
+    if count < optimization.batch_size:
+        raise UsageError(f"{counted(count, 'image' if images is not None else 'pair')} for batch "
+                         f"size {optimization.batch_size}; use a smaller --batch-size or more")
     if resume_from is None:
         runs.claim_run_dir(run_dir)
     runs.prepare_run_dir(run_dir)
     runs.remove_stale_temporaries(run_dir)
+    if resume_from is None:
+        steps = min(count // optimization.batch_size, distillation.steps_per_epoch)
+        student = start_student(teacher, distillation, optimization, steps, run.seed)
+        runs.save_model(student, runs.checkpoint_path(run_dir, 0))  # a kill during the pairs
+        initial_epoch, history = 0, []                              # resumes from here
+    else:
+        student, initial_epoch, history, _ = resume_from
+    saved = TrainingConfig(student.config, optimization, run, distillation)
+    runs.write_json(os.path.join(run_dir, "config.json"),
+                    {**saved.to_dict(), METADATA: {"num_images": count}})
     if distillation.method == "reflow":
         images, paired, labels, pair_seconds = make_pairs(
             teacher, run_dir, distillation.pairs, distillation.teacher_steps, run.seed,
@@ -242,14 +256,6 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
     batches = ImageBatches(images, optimization.batch_size, flip=flip, seed=run.seed,
                            paired=paired, labels=labels,
                            steps_per_epoch=distillation.steps_per_epoch)
-    if resume_from is None:
-        student = start_student(teacher, distillation, optimization, len(batches), run.seed)
-        initial_epoch, history = 0, []
-    else:
-        student, initial_epoch, history, _ = resume_from
-    saved = TrainingConfig(student.config, optimization, run, distillation)
-    runs.write_json(os.path.join(run_dir, "config.json"),
-                    {**saved.to_dict(), METADATA: {"num_images": len(images)}})
     spent = max([pair_seconds / 60.0] + [row.get("minutes", 0.0) for row in history])
     if distillation.minutes is not None and spent >= distillation.minutes:
         raise UsageError(f"run {run_dir!r} has spent {spent:.1f} of its --minutes "

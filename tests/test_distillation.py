@@ -108,6 +108,7 @@ def test_a_reflow_student_samples_in_any_calls_and_records_how_it_was_made(teach
     assert not os.path.exists(os.path.join(run_dir, runs.CHECKPOINT_DIR, "best.keras"))
 
 
+@pytest.mark.slow
 def test_reflow_starts_from_the_teacher_and_learns_its_pairs(tiny_uint8, tmp_path):
     """Before any step the student is the teacher; after some, its one-call images are nearer the
     pairs' images (the teacher's in 3 calls) than the teacher's own one call is. The teacher is
@@ -172,6 +173,7 @@ def test_progressive_targets_make_one_student_step_land_on_two_teacher_steps(tea
                                atol=2e-3)
 
 
+@pytest.mark.slow
 def test_a_progressive_student_samples_in_its_calls_only(teacher, tiny_uint8, tmp_path):
     student = distillation.distill(str(tmp_path / "p"), settings(teacher, "progressive", (2,)),
                                    tiny_uint8, verbose=0)
@@ -185,6 +187,27 @@ def test_a_progressive_student_samples_in_its_calls_only(teacher, tiny_uint8, tm
     assert isinstance(runs.load_checkpoint(path), distillation.Student)
     with pytest.raises(UsageError, match="progressive --calls 1"):
         distillation.distill(str(tmp_path / "again"), settings(path, "progressive", (2,)),
+                             tiny_uint8, verbose=0)
+
+
+@pytest.mark.slow
+def test_a_conditional_teacher_gives_a_conditional_student_that_takes_guidance(tiny_uint8,
+                                                                                tmp_path):
+    labels = np.arange(len(tiny_uint8)) % 2
+    teacher = tiny_teacher(str(tmp_path / "conditional.keras"), tiny_uint8, ("a", "b"), labels)
+    teacher_model = runs.load_checkpoint(teacher)
+    _, _, pair_labels, _ = distillation.make_pairs(teacher_model, str(tmp_path / "pairs"), 40, 2,
+                                                   seed=0, verbose=False)
+    assert set(pair_labels) == {0, 1, teacher_model.null_label}  # unconditional pairs too
+    for method, calls, data in (("reflow", (2, 1), None), ("progressive", (2,), tiny_uint8)):
+        student = distillation.distill(str(tmp_path / method), settings(teacher, method, calls),
+                                       data, labels if data is not None else None, verbose=0)
+        assert student.config.class_names == ("a", "b")
+        images = student.generate(4, calls[0], seed=0, labels=[0, 1, 0, 1], guidance=2.0,
+                                  verbose=False)
+        assert np.isfinite(images).all()
+    with pytest.raises(UsageError, match="labels"):
+        distillation.distill(str(tmp_path / "nolabels"), settings(teacher, "progressive", (2,)),
                              tiny_uint8, verbose=0)
 
 
@@ -217,6 +240,7 @@ def test_teachers_that_cannot_be_distilled_are_refused_before_any_folder(tiny_ui
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_training_refuses_a_students_settings_and_a_distillation_folder(teacher, tmp_path):
     from diffusion_keras import training
 

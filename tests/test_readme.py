@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from diffusion_keras import demo_images
-from diffusion_keras.cli import bench, evaluate, generate, train
+from diffusion_keras.cli import bench, distill, evaluate, generate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARSERS = {"train.py": train.parser, "generate.py": generate.parser,
-           "evaluate.py": evaluate.parser, "bench.py": bench.parser}
+           "evaluate.py": evaluate.parser, "bench.py": bench.parser, "distill.py": distill.parser}
 
 
 PAGES = ["README.md", "BENCHMARKS.md", *sorted(
@@ -61,7 +61,8 @@ COMMANDS = readme_commands()
 
 def test_the_readme_shows_the_main_commands():
     scripts = {script[-1] for script, _ in COMMANDS}
-    assert {"train.py", "generate.py", "evaluate.py", "diffusion_keras.demo_images"} <= scripts
+    assert {"train.py", "generate.py", "evaluate.py", "distill.py",
+            "diffusion_keras.demo_images"} <= scripts
 
 
 @pytest.mark.parametrize("script, arguments", COMMANDS, ids=[" ".join(s + a) for s, a in COMMANDS])
