@@ -1,6 +1,8 @@
 """Shared fixtures: tiny image folders and tiny models, so the suite runs in minutes on 2 cores."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -37,6 +39,16 @@ importlib.util.find_spec = lambda name, package=None: (
     None if absent(name) else find_spec(name, package))
 """
 TINY = {"image_size": 16, "widths": (8, 16), "block_depth": 1, "embedding_dims": 8}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_on_backend(backend, code, timeout=900):
+    """Python `code` in a new process on Keras `backend`, from the repository root (so it can
+    import `tests.*`); its failure fails the test with the process's error output."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "KERAS_BACKEND": backend},
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="session")

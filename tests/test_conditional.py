@@ -3,8 +3,6 @@ towards classes at any guidance weight, saving, the CLI, and every backend."""
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -16,9 +14,8 @@ from diffusion_keras.config import ModelConfig
 from diffusion_keras.errors import UsageError
 from diffusion_keras.guidance import guided_denoiser
 from diffusion_keras.runs import load_checkpoint
-from tests.conftest import TINY
+from tests.conftest import TINY, run_on_backend
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("red", "green", "7")
 
 
@@ -305,10 +302,7 @@ def test_train_generate_save_and_load_on_every_backend(checkpoint, tmp_path):
             code = (f"from tests.test_conditional import train_save_load_generate; "
                     f"train_save_load_generate({json.dumps(checkpoint)}, "
                     f"{json.dumps(str(tmp_path))})")
-            result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                                    text=True, env={**os.environ, "KERAS_BACKEND": backend},
-                                    timeout=600)
-            assert result.returncode == 0, result.stderr[-3000:]
+            run_on_backend(backend, code)
         results[backend] = dict(np.load(tmp_path / f"{backend}.npz"))
     for backend, result in results.items():
         assert tuple(result["class_names"]) == CLASSES, backend

@@ -3,8 +3,6 @@ refused, on tiny teachers; the same story on every backend (slow, in their own p
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -19,10 +17,9 @@ from diffusion_keras.config import (
 )
 from diffusion_keras.errors import UsageError
 from diffusion_keras.samplers import ddim_step
-from tests.conftest import TINY
+from tests.conftest import TINY, run_on_backend
 from tests.test_resume import InterruptAt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSSES = ("loss", "noise_loss", "image_loss")
 
 
@@ -299,10 +296,7 @@ def test_every_backend_distils_resumes_exactly_and_round_trips(teacher, tiny_uin
             code = (f"import numpy as np; from tests.test_distillation import distillation_story; "
                     f"distillation_story({teacher!r}, np.load({images!r}), {str(folder)!r}, "
                     f"{output!r})")
-            result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                                    text=True, env={**os.environ, "KERAS_BACKEND": backend},
-                                    timeout=900)
-            assert result.returncode == 0, result.stderr[-3000:]
+            run_on_backend(backend, code)
         outputs[backend] = dict(np.load(output))
     for backend, results in outputs.items():
         for method, calls in (("reflow", (2, 1)), ("progressive", (2,))):

@@ -2,9 +2,6 @@
 and the random streams never meet."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,9 +9,9 @@ import pytest
 
 from diffusion_keras import checks, seeding
 from diffusion_keras.errors import UsageError
+from tests.conftest import run_on_backend
 
 SHAPE = (4, 4, 1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_each_image_owns_its_streams_whatever_the_range_asked_for():
@@ -75,10 +72,7 @@ def per_backend_images(trained_model, tmp_path_factory):
         else:
             code = (f"from tests.test_seeding import images_for_every_setting; "
                     f"images_for_every_setting({json.dumps(checkpoint)}, {json.dumps(output)})")
-            result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                                    text=True, env={**os.environ, "KERAS_BACKEND": backend},
-                                    timeout=600)
-            assert result.returncode == 0, result.stderr[-3000:]
+            run_on_backend(backend, code)
         images[backend] = dict(np.load(output))
     return images
 

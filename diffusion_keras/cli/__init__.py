@@ -117,20 +117,31 @@ def add_distribute_argument(parser):
                              "with the JAX backend")
 
 
+def sampler_options(args):
+    """{option: value} of the sampler options given on the command line (eta, variance), checked
+    before any model is loaded: each must be an option of the sampler `--sampler` names (given
+    without it, which sampler it sets is not known until the model is: it must be named)."""
+    from diffusion_keras.samplers import SAMPLERS, sampler_record
+
+    given = {name: value for name, value in (("eta", args.eta or None),
+                                             ("variance", args.variance)) if value is not None}
+    for option in given:
+        if args.sampler is None or option not in sampler_record(args.sampler).options:
+            owner = next(name for name, other in SAMPLERS.items() if option in other.options)
+            got = f" (got --sampler {args.sampler})" if args.sampler else ""
+            raise UsageError(f"--{option} is a {owner.upper()} setting; drop it or use --sampler "
+                             f"{owner}{got}")
+    return given
+
+
 def sampling_settings(args, model_config):
     """`generate`'s sampler settings from the flags: sampler (unset: `model_config`'s default),
-    spacing and the chosen sampler's options (its `Sampler.options`: eta for DDIM, variance for
-    DDPM; unset, the sampler's default), rejecting options of another sampler."""
-    from diffusion_keras.samplers import SAMPLERS, sampler_record
+    spacing and the chosen sampler's options (`sampler_options`; unset, the sampler's default)."""
+    from diffusion_keras.samplers import sampler_record
 
     sampler = args.sampler or model_config.default_sampler
     record = sampler_record(sampler)
-    given = {"eta": args.eta or None, "variance": args.variance}  # None: not given
-    for option, value in given.items():
-        if value is not None and option not in record.options:
-            owner = next(name for name, other in SAMPLERS.items() if option in other.options)
-            raise UsageError(f"--{option} is a {owner.upper()} setting; drop it or use --sampler "
-                             f"{owner} (got --sampler {sampler})")
-    options = {option: default if given.get(option) is None else given[option]
+    given = sampler_options(args)
+    options = {option: given.get(option, default)
                for option, default in record.option_defaults.items()}
     return {"sampler": sampler, "spacing": args.spacing or record.default_spacing, **options}

@@ -15,7 +15,13 @@ from diffusion_keras.checks import (
     positive_int_list_argument,
 )
 from diffusion_keras.cli import Parser, add_checkpoint_argument, run
-from diffusion_keras.cli.train import add, given_settings, resumed_config, what_is_saved
+from diffusion_keras.cli.train import (
+    add,
+    given_settings,
+    progress_verbosity,
+    resumed_config,
+    run_in_folder,
+)
 from diffusion_keras.errors import UsageError
 
 EPOCHS_WITH_MINUTES = 10_000  # --minutes without --epochs: the minutes end the run
@@ -140,15 +146,11 @@ def distill_from_args(args):
         run_dir = run_dir or runs.new_run_dir()
         print(f"{distillation.describe(config)}; run folder {run_dir}")
     made_here = resume_from is None and not config.run.run_dir
-    try:
-        distillation.distill(run_dir, config.updated({"run": {"run_dir": run_dir}}), images,
-                             labels, resume_from, verbose=1 if sys.stdout.isatty() else 2)
-    except KeyboardInterrupt:
-        print(f"interrupted: {what_is_saved(run_dir, 'distill.py')}", file=sys.stderr)
-        return 130
-    finally:
-        if made_here:
-            runs.release_run_dir(run_dir)  # only if the run never started (the folder is empty)
+    code = run_in_folder(lambda: distillation.distill(
+        run_dir, config.updated({"run": {"run_dir": run_dir}}), images, labels, resume_from,
+        verbose=progress_verbosity()), run_dir, made_here, "distill.py")
+    if code:
+        return code
     print(f"done: the student is {runs.find_checkpoint(run_dir)}; sample it with python "
           f"generate.py --checkpoint {run_dir} --steps {min(config.distillation.calls)}")
     return 0

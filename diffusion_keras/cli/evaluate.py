@@ -9,6 +9,7 @@ from diffusion_keras.cli import (
     add_distribute_argument,
     add_sampling_arguments,
     run,
+    sampler_options,
     sampling_settings,
 )
 from diffusion_keras.config import DATASETS, INCEPTION_SIZE
@@ -50,6 +51,7 @@ def evaluate_from_args(args):
     from diffusion_keras import distributed, runs
     from diffusion_keras.evaluation import evaluate
 
+    sampler_options(args)  # options of another sampler fail before any checkpoint is looked for
     checkpoint = runs.find_checkpoint(args.checkpoint)
     sampling = sampling_settings(args, runs.saved_model_config(checkpoint))
     if args.distribute:

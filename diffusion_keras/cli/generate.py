@@ -22,6 +22,7 @@ from diffusion_keras.cli import (
     add_distribute_argument,
     add_sampling_arguments,
     run,
+    sampler_options,
     sampling_settings,
 )
 from diffusion_keras.errors import UsageError
@@ -156,6 +157,7 @@ def generate_from_args(args):
     from diffusion_keras.plotting import image_grid, plot_image_table, save_gif, save_image_grid
     from diffusion_keras.samplers import SAMPLERS, sampling_name
 
+    sampler_options(args)  # options of another sampler fail before any checkpoint is looked for
     checkpoint = runs.find_checkpoint(args.checkpoint)
     output = runs.check_creatable(args.output or default_output(checkpoint), "output folder",
                                   "--output")  # before any sampling, so no work is lost

@@ -282,6 +282,31 @@ def resume_command(run_dir, script="train.py"):
     return f"{f'KERAS_BACKEND={backend} ' if backend else ''}{python} {script} --resume {run_dir}"
 
 
+def progress_verbosity():
+    """Keras' progress bars only where someone watches (a terminal), else a line per epoch."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def run_in_folder(work, run_dir, made_here, script="train.py"):
+    """`work()`, which writes `run_dir`: 0, or on Ctrl-C (130) or a failed write such as a full
+    disk (1) one line of what is saved and how to resume; a folder this command made and nothing
+    wrote in is removed again."""
+    from diffusion_keras import runs
+
+    try:
+        work()
+    except KeyboardInterrupt:
+        print(f"interrupted: {what_is_saved(run_dir, script)}", file=sys.stderr)
+        return 130
+    except OSError as error:  # every file already written is whole
+        print(f"error: {error}; {what_is_saved(run_dir, script)}", file=sys.stderr)
+        return 1
+    finally:
+        if made_here:
+            runs.release_run_dir(run_dir)  # only if the run never started (the folder is empty)
+    return 0
+
+
 def train_from_args(args):
     from diffusion_keras import distributed, runs, training
 
@@ -293,19 +318,11 @@ def train_from_args(args):
     else:  # a new folder is claimed only now, when every check has passed and the data is ready
         run_dir = run_dir or distributed.shared_value("run_dir", runs.new_run_dir)
         print(f"training on {what_is_trained(images, config)}; run folder {run_dir}")
-    try:
-        training.train(images, run_dir, config.updated({"run": {"run_dir": run_dir}}),
-                       verbose=1 if sys.stdout.isatty() else 2,  # bars only where someone watches
-                       resume_from=resume_from)
-    except KeyboardInterrupt:
-        print(f"interrupted: {what_is_saved(run_dir)}", file=sys.stderr)
-        return 130
-    except OSError as error:  # a full disk, say: every file already written is whole
-        print(f"error: {error}; {what_is_saved(run_dir)}", file=sys.stderr)
-        return 1
-    finally:
-        if made_here:
-            runs.release_run_dir(run_dir)  # only if the run never started (the folder is empty)
+    code = run_in_folder(lambda: training.train(
+        images, run_dir, config.updated({"run": {"run_dir": run_dir}}), verbose=progress_verbosity(),
+        resume_from=resume_from), run_dir, made_here)
+    if code:
+        return code
     print(f"done: checkpoints in {os.path.join(run_dir, runs.CHECKPOINT_DIR)}, samples in "
           f"{os.path.join(run_dir, runs.SAMPLES_DIR)}, log in {os.path.join(run_dir, 'log.csv')}")
     return 0
