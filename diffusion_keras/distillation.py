@@ -115,9 +115,8 @@ class Student(DiffusionModel):
         return ops.stop_gradient(targets), ops.stop_gradient(target_noises)
 
 
-def check_teacher(teacher, distillation):
-    """One line where `teacher` cannot be distilled by these settings."""
-    config = teacher.config
+def check_teacher(config, distillation):
+    """One line where a teacher of this `ModelConfig` cannot be distilled by these settings."""
     if config.formulation != "flow":
         raise UsageError(f"distillation starts from a rectified-flow model (train.py's default "
                          f"--formulation flow); this teacher is {config.formulation!r}: train a "
@@ -215,7 +214,7 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
     if resume_from is not None:
         check_resume(run_dir, config, resume_from)
     teacher = runs.load_checkpoint(distillation.teacher)
-    check_teacher(teacher, distillation)
+    check_teacher(teacher.config, distillation)
     if distillation.method == "progressive":
         if images is None:
             raise UsageError("progressive distillation noises training images: pass the teacher's "

@@ -226,6 +226,9 @@ def saved_model_config(path):
     model (to check sampling settings before any work); a one-line error for other files."""
     from diffusion_keras.config import ModelConfig
 
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r} does not exist; pass the path of a .keras file "
+                         "saved by train.py")
     try:
         with zipfile.ZipFile(path) as archive:
             saved = json.loads(archive.read("config.json"))["config"]

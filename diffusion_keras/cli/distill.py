@@ -110,8 +110,8 @@ def open_distillation(args):
     config = config_from_args(args)
     if config.run.run_dir:
         runs.check_new_run_dir(config.run.run_dir)
-    distillation.check_teacher(runs.load_checkpoint(config.distillation.teacher),
-                               config.distillation)
+    distillation.check_teacher(runs.saved_model_config(config.distillation.teacher),
+                               config.distillation)  # read, not built: distill loads it
     return config, None
 
 

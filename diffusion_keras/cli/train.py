@@ -165,13 +165,13 @@ def flag_name(section, field, make_parser=None):
 
 def resumed_config(args, make_parser=None):
     """The run folder and the settings saved in its config.json, with the changeable flags applied
-    (`make_parser`: the command's parser, default train.py's; another is distill.py's)."""
+    (`make_parser`: the command's parser, default train.py's; distill.py passes its own)."""
     from diffusion_keras import runs
     from diffusion_keras.training import RESUME_CHANGEABLE, check_made_by, resume_changes
 
     run_dir = args.resume or runs.newest_run()
     saved = settings.read_config(os.path.join(run_dir, "config.json"))
-    check_made_by(saved, make_parser not in (None, parser), run_dir)
+    check_made_by(saved, make_parser is not None, run_dir)  # only distill.py passes a parser
     config = saved.updated(given_settings(args))
     changed = resume_changes(saved, config)
     extra = [flag for flag in ("--config", "--recipe", "--preset") if hasattr(args, flag[2:])]
