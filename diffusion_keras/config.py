@@ -152,6 +152,9 @@ class ModelConfig(_Section):
     # class conditioning (empty: unconditional); classifier-free guidance needs the label dropout
     class_names: tuple = ()
     label_dropout: float = 0.1  # training labels replaced by the no-class token (Ho & Salimans 2022)
+    # EDM's non-leaky augmentation (`augmentation`): the probability of each transform per training
+    # image, its labels a network input (zero when sampling); 0: off, no such input
+    augment: float = 0.0
     # diffusion (None: the formulation's default, see FORMULATION_DEFAULTS)
     formulation: str = "flow"  # measured best (BENCHMARKS.md); --recipe keras-io for the old
     schedule: str | None = None
@@ -198,6 +201,7 @@ class ModelConfig(_Section):
         checks.class_names(self.class_names)
         object.__setattr__(self, "class_names", tuple(self.class_names))
         checks.number(self.label_dropout, "label dropout", 0, 1, high_open=True)
+        checks.number(self.augment, "augment probability", 0, 1)
         checks.choice(self.formulation, FORMULATIONS, "formulation")
         checks.positive_int(self.timesteps, "timesteps")
         for name, choices in (("schedule", SCHEDULES), ("prediction", TARGETS),
@@ -311,6 +315,7 @@ class RunConfig(_Section):
     cache_dir: str | None = None  # prepared images; None: default_cache_dir("images")
     distribute: bool = False  # data-parallel over every local device (and host), JAX only
     conditional: bool = False  # learn the class labels (tfds label feature or sub-folder names)
+    init_from: str | None = None  # a trained model's .keras to fine-tune (`fine_tuning`)
 
     def __post_init__(self):
         checks.choice(self.dataset, DATASETS, "dataset")

@@ -16,6 +16,7 @@ from keras import layers, ops
 # optimizers: registers KernelMuon with Keras wherever DiffusionModel is, for the checkpoints that
 # name it as their optimizer
 from diffusion_keras import (  # noqa: F401
+    augmentation,
     backend,
     checks,
     distributed,
@@ -118,11 +119,13 @@ class DiffusionModel(keras.Model):
         return indices
 
     def denoise(self, noisy_images, noise_rates, signal_rates, training=False, labels=None,
-                network=None):
+                network=None, augment_labels=None):
         """Predict noise and clean image with `network` (`network_for`: "ema", "online" or a
         network of this architecture; default: the online network when training, else the EMA).
         A class-conditional network takes `labels`, class indices (batch,); without them it
-        predicts unconditionally (the no-class token)."""
+        predicts unconditionally (the no-class token). A network trained with augmentation takes
+        `augment_labels` (batch, AUGMENT_LABELS); without them, zeros: untransformed images, what
+        sampling wants."""
         network = self.network_for(network or ("online" if training else "ema"))
         inputs = [ops.convert_to_tensor(noisy_images), ops.convert_to_tensor(noise_rates) ** 2]
         if self.config.class_names:
@@ -131,6 +134,10 @@ class DiffusionModel(keras.Model):
             inputs.append(ops.reshape(ops.cast(labels, "int32"), (-1, 1)))
         elif labels is not None:
             self._require_classes()  # raises: an unconditional network takes no labels
+        if self.config.augment:
+            if augment_labels is None:
+                augment_labels = ops.zeros((ops.shape(noise_rates)[0], augmentation.AUGMENT_LABELS))
+            inputs.append(ops.convert_to_tensor(augment_labels, "float32"))
         outputs = network(inputs, training=training)
         return self.formulation.to_noises_and_images(outputs, noisy_images, noise_rates,
                                                      signal_rates)
@@ -186,21 +193,26 @@ class DiffusionModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Noise the normalised batch at the formulation's random times and score the prediction
         by its loss; the noise and image MAE are tracked whatever the loss. `y`: a
-        class-conditional model's labels (batch,) or (batch, 1)."""
-        images = y_pred
+        class-conditional model's labels (batch,) or (batch, 1). With `augment`, a training batch
+        is augmented first (`augmentation.augment`; validation batches are not)."""
+        images, augment_labels = y_pred, None
+        if self.config.augment and training:
+            images, augment_labels = augmentation.augment(images, self.config.augment,
+                                                          self.seed_generator)
         noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         diffusion_times = self.formulation.training_times(ops.shape(images)[0], self.seed_generator)
         return self.denoising_loss(images, noises, diffusion_times,
-                                   self.training_labels(y, training), training)
+                                   self.training_labels(y, training), training, augment_labels)
 
-    def denoising_loss(self, images, noises, diffusion_times, labels=None, training=True):
+    def denoising_loss(self, images, noises, diffusion_times, labels=None, training=True,
+                       augment_labels=None):
         """The formulation's loss of denoising `images` noised by `noises` at these times (the
         target pair a distilled student is given instead of data and fresh noise), tracking the
         noise and image MAE, then the EMA update when training."""
         noisy_images, noise_rates, signal_rates = self.formulation.noisy(images, noises,
                                                                          diffusion_times)
         pred_noises, pred_images = self.denoise(noisy_images, noise_rates, signal_rates, training,
-                                                labels)
+                                                labels, augment_labels=augment_labels)
         loss = self.formulation.loss(noises, images, pred_noises, pred_images, noise_rates,
                                      signal_rates)
         noise_loss = ops.mean(ops.abs(noises - pred_noises))

@@ -207,6 +207,44 @@ def plot_image_table(columns, titles, title, save_to=None, size=1.6, row_titles=
     return _finish(figure, save_to)
 
 
+def plot_nearest_images(samples, training_images, check, save_to=None, rows=8, size=1.2):
+    """Samples beside their nearest training images (`memorization.check`), the distance under
+    each: the `rows` most copy-like samples (lowest nearest/second-nearest ratio) first, then the
+    neighbours in pixels and, if the check has them, in features."""
+    from diffusion_keras.data import preprocess
+
+    order = np.argsort(check.ratios, kind="stable")[:rows]
+    groups = [("pixels", check.pixels)] + ([("features", check.features)]
+                                           if check.features is not None else [])
+    columns = 1 + sum(neighbours.indices.shape[1] for _, neighbours in groups)
+    figure, axes = _figure(len(order), columns, figsize=(size * columns, size * len(order) + 0.8),
+                           squeeze=False)
+    for row, sample in enumerate(order):
+        cells = [(preprocess(samples[sample:sample + 1])[0],
+                  f"ratio {check.ratios[sample]:.2f}" + (" COPY" if check.copies[sample] else ""))]
+        for name, neighbours in groups:
+            for rank, (index, distance) in enumerate(zip(neighbours.indices[sample],
+                                                         neighbours.distances[sample])):
+                cells.append((preprocess(training_images[index:index + 1])[0],
+                              f"{name[0]}{rank + 1}: {distance:.3f}"))
+        for axis, (image, label) in zip(axes[row], cells):
+            axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0.0,
+                        vmax=1.0, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_xlabel(label, fontsize="x-small")
+    axes[0, 0].set_title("sample", fontsize="small")
+    if columns > 1:
+        axes[0, 1].set_title("nearest training images (p: pixels, f: features)", fontsize="small",
+                             loc="left")
+    from diffusion_keras.memorization import RULE
+
+    summary = check.describe().replace(f" ({RULE})", f"\n({RULE})")
+    figure.suptitle(f"memorisation check: {summary}", fontsize="small")
+    figure.tight_layout()
+    return _finish(figure, save_to)
+
+
 def reverse_process(model, num_images=16, diffusion_steps=20, seed=0, **sampling):
     """Record sampling step by step with the EMA network and any sampler (`sampling`: `generate`'s
     sampler, spacing and options): (noisy_frames, pred_frames, times); the frames are each

@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import backend, distributed, interrupts, quiet, runs
+from diffusion_keras import backend, distributed, fine_tuning, interrupts, quiet, runs
 from diffusion_keras.callbacks import (
     Checkpointer,
     EpochSeeds,
@@ -163,6 +163,8 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     each process reads its share of every batch and only process 0 writes the run folder.
     `config.run.seed` seeds everything: the split, the data order, the model's noise (its
     `ModelConfig.seed`, which must be unset or the same).
+    `config.run.init_from` (a .keras file) starts the networks from that model's EMA weights
+    (`fine_tuning`: same architecture, checked in one line; the normaliser is adapted to `images`).
     `resume_from` (a `runs.resume_point(run_dir)`) continues that run after its last completed
     epoch: its model (optimizer, EMA and normaliser state), log and best value carry on, and data
     order and noise are drawn from (seed, epoch), so the result matches an uninterrupted run.
@@ -193,7 +195,12 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     if resume_from is None:
         model_config = config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
                                             seed=seed, class_names=class_names)
+        if run.init_from is not None:
+            fine_tuning.check_architecture(model_config, runs.saved_model_config(run.init_from),
+                                           run.init_from)
         model = build_model(model_config, optimization, len(batches))
+        if run.init_from is not None:
+            fine_tuning.initial_weights(model, run.init_from)
         model.normalizer.adapt(normalizer_sample(images, train_indices, seed))
         initial_epoch, history = 0, []
     else:

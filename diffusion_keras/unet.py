@@ -1,9 +1,11 @@
-"""The denoising U-Net: `network([noisy_images, noise_variances]) -> pred` shaped like the images
-(`network([noisy_images, noise_variances, class_labels])` for a class-conditional one)."""
+"""The denoising U-Net: `network([noisy_images, noise_variances]) -> pred` shaped like the images;
+a class-conditional one also takes `class_labels`, one trained with augmentation `augment_labels`
+(in that order)."""
 
 import keras
 from keras import layers
 
+from diffusion_keras.augmentation import AUGMENT_EMBEDDING, AUGMENT_LABELS
 from diffusion_keras.config import ModelConfig
 from diffusion_keras.layers import SinusoidalEmbedding, down_block, unet_block, up_block
 
@@ -15,7 +17,9 @@ def build_unet(config=ModelConfig(), name="unet"):
     feature-map sides in `attention_resolutions`, GroupNorm (`norm="group"`; or none, `norm="none"`)
     and dropout in the residual blocks. With `class_names`, a learned class embedding (index
     len(class_names): no class) is added to the noise embedding, so the classes reach the network
-    wherever the noise level does.
+    wherever the noise level does; with `augment`, so are the augmentation labels, through a linear
+    map without bias (EDM's), so zero labels add nothing (zero-initialised: a network fine-tuned
+    with augmentation starts as the one it came from).
     """
     image_size, channels, widths = config.image_size, config.channels, config.widths
     embedding_dims, norm, dropout = config.embedding_dims, config.norm, config.dropout
@@ -35,6 +39,13 @@ def build_unet(config=ModelConfig(), name="unet"):
         classes = layers.Reshape((1, 1, embedding_dims), dtype="float32")(classes)
         features = layers.Add(dtype="float32")([features, classes])
         inputs.append(class_labels)
+    if config.augment:
+        augment_labels = keras.Input((AUGMENT_LABELS,), name="augment_labels")
+        augments = layers.Dense(embedding_dims, use_bias=False, kernel_initializer="zeros",
+                                dtype="float32", name=AUGMENT_EMBEDDING)(augment_labels)
+        augments = layers.Reshape((1, 1, embedding_dims), dtype="float32")(augments)
+        features = layers.Add(dtype="float32")([features, augments])
+        inputs.append(augment_labels)
     x = layers.Conv2D(widths[0], kernel_size=1)(noisy_images)
     if config.embedding == "input":
         tiled = layers.UpSampling2D(size=image_size, interpolation="nearest")(features)

@@ -68,6 +68,13 @@ def parser():
     add(data, "--label-dropout", "model", "with --conditional: fraction of labels dropped to 'no "
         "class', so the network also learns the unconditional prediction guidance needs",
         type=float)
+    add(data, "--augment", "model", "EDM's non-leaky augmentation: the probability of each "
+        "transform (x-flip, quarter turns, integer shifts, scalings) per training image, told to "
+        "the network and zero when sampling, so samples show none; for small folders (e.g. 0.15; "
+        "docs/own-images.md), 0: off", type=float)
+    add(data, "--init-from", "run", "fine-tune: start from this trained model (a .keras file or "
+        "run folder) and its settings, on these images, in a new run folder (its EMA weights; the "
+        "normaliser adapted to the new images; architecture flags must match it)")
     add(data, "--distribute", "run", "train data-parallel on every local device (and host: see "
         "docs/scale.md), with the JAX backend", action="store_const", const=True)
     arch = p.add_argument_group("architecture")
@@ -194,6 +201,8 @@ def config_from_args(args):
         base = settings.read_config(args.config, base).updated({"run": {"run_dir": None},
                                                                 "model": {"seed": None}})
     given = given_settings(args)
+    if "init_from" in given.get("run", {}):
+        base = fine_tuning_base(base, given["run"])
     config = base.updated(given)
     if config.distillation is not None:
         raise UsageError(f"{args.config} is a distillation run's config (distill.py made it); "
@@ -203,6 +212,24 @@ def config_from_args(args):
                          f"{config.model.formulation} formulation has none: drop it, or add "
                          "--formulation ddpm")
     return config
+
+
+def fine_tuning_base(base, run_flags):
+    """`base` with the model section of the checkpoint `--init-from` names (resolved to its .keras
+    file in `run_flags`): a fine-tuned run learns what that model learnt, unless flags say otherwise.
+    Its seed and classes are the new run's."""
+    from diffusion_keras import runs
+
+    checkpoint = os.path.abspath(runs.find_checkpoint(run_flags["init_from"]))
+    run_flags["init_from"] = checkpoint
+    saved = runs.saved_model_config(checkpoint)
+    if saved.distillation is not None:
+        raise UsageError(f"{checkpoint!r} is a distilled student; --init-from starts from a model "
+                         "train.py made")
+    saved = saved.to_dict()
+    for name in ("seed", "class_names", "distillation", "student_calls"):
+        saved.pop(name)
+    return base.updated({"model": saved})
 
 
 def open_run(args):
@@ -235,6 +262,8 @@ def open_run_images(config, resume_from):
 
     run = config.run
     channels = resume_from.model.config.channels if resume_from is not None else None
+    if run.init_from is not None:  # the fine-tuned model's
+        channels = config.model.channels
     images = open_images(config.model.image_size, run.dataset, run.data_dir, run.limit, run.seed,
                          channels, run.cache_dir, conditional=run.conditional)
     if resume_from is not None:
