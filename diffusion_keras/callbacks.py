@@ -9,7 +9,7 @@ import time
 import keras
 import numpy as np
 
-from diffusion_keras import interrupts, runs
+from diffusion_keras import interrupts, posthoc_ema, runs
 from diffusion_keras.errors import NonFiniteSamples, UsageError
 from diffusion_keras.plotting import (
     display,
@@ -143,6 +143,21 @@ class MetricsLog(keras.callbacks.Callback):
                 file.write(text.getvalue())
         os.makedirs(os.path.join(self.run_dir, PLOTS_DIR), exist_ok=True)
         plot_losses(self.rows, os.path.join(self.run_dir, PLOTS_DIR, "losses.png"))
+
+
+class EmaSnapshots(keras.callbacks.Callback):
+    """Save the post-hoc EMA's power averages (`posthoc_ema.save_snapshot`) after each of the
+    `epochs` given, into `run_dir/ema_snapshots/`."""
+
+    def __init__(self, run_dir, epochs):
+        super().__init__()
+        self.run_dir = run_dir
+        self.epochs = set(epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self.epochs:
+            with interrupts.deferred():
+                posthoc_ema.save_snapshot(self.model, self.run_dir)
 
 
 class EpochSeeds(keras.callbacks.Callback):

@@ -117,3 +117,5 @@ positive_float_argument = argument(float, lambda value, what: number(value, what
 positive_int_list_argument = argument(comma_separated(int), positive_int)
 non_negative_float_list_argument = argument(comma_separated(float, allow_empty=False),
                                             lambda value, what: number(value, what, 0))
+positive_float_list_argument = argument(comma_separated(float, allow_empty=False),
+                                        lambda value, what: number(value, what, 0, low_open=True))

@@ -98,6 +98,12 @@ PRESET_PARAMETERS = {"cifar": 2_078_467, "ddpm-cifar": 35_800_259, "64px": 16_87
                      "128px": 38_120_003}
 
 
+# Post-hoc EMA (Karras et al. 2024): the relative widths of the two power-function averages
+# training keeps (`train.py --posthoc-ema`), EDM2's, and the widest any can be (a flat average)
+POSTHOC_EMA_WIDTHS = (0.05, 0.10)
+MAX_EMA_LENGTH = 12 ** -0.5
+
+
 def default_cache_dir(kind):
     """Where prepared images ("images"), real-image statistics ("reference") and JAX's compiled
     programs ("compiled") are kept between runs: $XDG_CACHE_HOME/diffusion_keras/KIND, by default
@@ -169,6 +175,9 @@ class ModelConfig(_Section):
     # sampling network
     ema: float = 0.999
     ema_warmup: float = 0.67  # k-diffusion's power: momentum min(ema, 1 - (1 + updates)^-power)
+    # post-hoc EMA (`posthoc_ema`): the relative widths of the power-function averages kept besides
+    # the EMA, for any EMA length after training; empty: none kept
+    posthoc_ema: tuple = ()
     seed: int | None = None  # the training noise's; `training.train` sets the run's seed here
     # a student (`distillation`) records how it was distilled: None for a diffusion model
     distillation: str | None = None  # the method, one of DISTILLATION_METHODS
@@ -177,6 +186,7 @@ class ModelConfig(_Section):
     def __post_init__(self):
         for name in ("widths", "attention_resolutions", "student_calls"):
             object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
+        object.__setattr__(self, "posthoc_ema", tuple(float(value) for value in self.posthoc_ema))
         checks.positive_int(self.image_size, "image size")
         if self.channels not in (1, 3):
             raise UsageError(f"channels must be 1 or 3, got {self.channels}")
@@ -213,6 +223,9 @@ class ModelConfig(_Section):
         checks.number(self.min_snr_gamma, "min-SNR gamma", 0, low_open=True)
         checks.number(self.ema, "ema momentum", 0, 1, high_open=True)
         checks.number(self.ema_warmup, "ema warm-up power", 0)
+        for width in self.posthoc_ema:
+            checks.number(width, "post-hoc EMA width", 0, MAX_EMA_LENGTH, low_open=True,
+                          high_open=True)
         checks.seed(self.seed, allow_none=True)
         if self.formulation == "ddpm" and self.time_distribution not in (None, "uniform"):
             raise UsageError("the ddpm formulation draws its integer timesteps uniformly; "
@@ -316,6 +329,7 @@ class RunConfig(_Section):
     distribute: bool = False  # data-parallel over every local device (and host), JAX only
     conditional: bool = False  # learn the class labels (tfds label feature or sub-folder names)
     init_from: str | None = None  # a trained model's .keras to fine-tune (`fine_tuning`)
+    ema_snapshots: int = 16  # post-hoc EMA snapshots, spread evenly over the epochs
 
     def __post_init__(self):
         checks.choice(self.dataset, DATASETS, "dataset")
@@ -323,6 +337,7 @@ class RunConfig(_Section):
         checks.number(self.validation_split, "validation split", 0, 1, high_open=True)
         checks.positive_int(self.plot_every, "plot every")
         checks.positive_int(self.keep_checkpoints, "keep checkpoints")
+        checks.positive_int(self.ema_snapshots, "EMA snapshots")
         checks.seed(self.seed)
         if self.tensorboard and None in (importlib.util.find_spec("tensorflow"),
                                          importlib.util.find_spec("tensorboard")):

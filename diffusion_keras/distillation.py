@@ -134,7 +134,8 @@ def start_student(teacher, distillation, optimization, steps_per_epoch, seed):
     from diffusion_keras.training import build_model
 
     config = teacher.config.replace(distillation=distillation.method,
-                                    student_calls=distillation.calls, seed=seed)
+                                    student_calls=distillation.calls, seed=seed,
+                                    posthoc_ema=())  # a student keeps no power averages
     student = build_model(config, optimization, steps_per_epoch, model_class=Student)
     weights = teacher.ema_network.get_weights()
     networks = [student.network, student.ema_network]

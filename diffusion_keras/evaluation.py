@@ -14,7 +14,18 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import backend, checks, cifar10_features, distributed, metrics, runs, samplers
+from diffusion_keras import (
+    backend,
+    checks,
+    cifar10_features,
+    distributed,
+    memorization,
+    metrics,
+    plotting,
+    posthoc_ema,
+    runs,
+    samplers,
+)
 from diffusion_keras.config import default_cache_dir
 from diffusion_keras.data import open_images, preprocess
 from diffusion_keras.errors import UsageError
@@ -108,9 +119,10 @@ def reference_statistics(load_real_images, key, extractor, cache_dir, batch_size
     return statistics, np.stack(kid_features), path, False
 
 
-def result_path(checkpoint, num_images, feature_space, sampling_name):
+def result_path(checkpoint, num_images, feature_space, sampling_name, ema_length=None):
     """Where an evaluation is saved: beside the checkpoint, named by everything that changes it."""
-    return (f"{os.path.splitext(checkpoint)[0]}_evaluation_{feature_space}_{sampling_name}"
+    ema = "" if ema_length is None else f"_ema{ema_length:g}"
+    return (f"{os.path.splitext(checkpoint)[0]}{ema}_evaluation_{feature_space}_{sampling_name}"
             f"_n{num_images}.json")
 
 
@@ -128,7 +140,8 @@ def feature_space_name(features, inception_weights, inception_size):
 def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10", split="train",
              data_dir=None, limit=None, inception_weights="imagenet",
              inception_size=metrics.INCEPTION_SIZE, kid_images=1000, batch_size=None, seed=0,
-             cache_dir=None, extractor=None, features="auto", sampling=None, verbose=False):
+             cache_dir=None, extractor=None, features="auto", sampling=None, verbose=False,
+             ema_length=None, nearest=None):
     """KID and FID of `num_images` EMA samples (`diffusion_steps` steps of the sampler in `sampling`,
     `generate`'s sampler, spacing and options; default the model's, `ModelConfig.default_sampler`)
     against real images, in InceptionV3's features or (`features="cifar10"`, or "auto" without
@@ -137,11 +150,21 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     Real images come from `data_dir` or the tfds `dataset` `split`. KID uses the first `kid_images`
     samples and a seeded subset of as many real images. The result is also saved as JSON next to the
     checkpoint; returns it as a dict.
+
+    `ema_length`: sample with the post-hoc EMA of that relative length (`posthoc_ema`) instead of
+    the EMA. `nearest` K: also the memorisation check (`memorization.check`) of the samples against
+    the real images, K nearest of each in pixels and features, its picture saved beside the JSON.
     """
     if num_images < 2 or kid_images < 2:
         raise UsageError(f"KID and FID need at least 2 images, got {min(num_images, kid_images)}")
     checks.seed(seed)
+    if nearest is not None:
+        checks.positive_int(nearest, "nearest")
+    if ema_length is not None:
+        posthoc_ema.check_length(checkpoint, ema_length)
     model = runs.load_checkpoint(checkpoint)
+    ema_updates = None if ema_length is None else posthoc_ema.use_length(model, checkpoint,
+                                                                         ema_length)
     sampling = {"sampler": model.config.default_sampler, **(sampling or {})}
     options = {key: value for key, value in sampling.items() if key not in ("sampler", "spacing")}
     record = samplers.sampler_record(sampling["sampler"])
@@ -169,7 +192,7 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
         seed)
 
     generated = metrics.FeatureStatistics()
-    generated_kid_features = []
+    generated_kid_features, kept_images, kept_features = [], [], []
     progress = keras.utils.Progbar(num_images, unit_name="image") if verbose else None
     for start in range(0, num_images, batch_size):  # images first_image.. of the seed: any batch
         count = min(batch_size, num_images - start)
@@ -177,6 +200,9 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
                                 first_image=start, verbose=False, **sampling)
         sample_features = extract_features(extractor, images, batch_size)
         generated.update(sample_features)
+        if nearest is not None:  # as uint8: 10,000 CIFAR-sized samples are 30 MB
+            kept_images.append((images * 255).round().astype("uint8"))
+            kept_features.append(sample_features)
         generated_kid_features += list(sample_features[:kid_images - len(generated_kid_features)])
         if progress is not None:
             progress.update(start + count)
@@ -187,7 +213,8 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
     result = {
         "checkpoint": os.path.abspath(checkpoint), kid_name: float(np.asarray(kid)),
         fid_name: metrics.fid(real, generated), "features": features, "num_images": num_images,
-        "steps": diffusion_steps, **sampling, "network": "ema", **source,
+        "steps": diffusion_steps, **sampling, "network": "ema", "ema_length": ema_length,
+        "ema_updates": ema_updates, **source,
         "num_real_images": real.count, "kid_images": kid_count, "seed": seed,
         "reference_cache": cache_path, "reference_reused": reused,
     }
@@ -197,7 +224,21 @@ def evaluate(checkpoint, num_images=10000, diffusion_steps=20, dataset="cifar10"
         checkpoint, num_images, feature_space_name(features, inception_weights, inception_size),
         samplers.sampling_name(
             {"spacing": samplers.SAMPLERS[sampling["sampler"]].default_spacing, **sampling},
-            diffusion_steps, seed))
+            diffusion_steps, seed), ema_length)
+    if nearest is not None:
+        result["nearest"] = nearest_images(np.concatenate(kept_images),
+                                           np.concatenate(kept_features), load_real_images(),
+                                           extractor, nearest, batch_size, result["path"])
     if distributed.is_writer():
         runs.write_json(result["path"], result)
     return result
+
+
+def nearest_images(samples, sample_features, real_images, extractor, k, batch_size, result_path):
+    """The memorisation check's summary, its picture drawn beside `result_path` (`_nearest.png`)."""
+    real_features = extract_features(extractor, real_images, batch_size)
+    check = memorization.check(samples, real_images, k, sample_features, real_features)
+    picture = f"{os.path.splitext(result_path)[0]}_nearest{k}.png"
+    if distributed.is_writer():
+        plotting.plot_nearest_images(samples, real_images, check, picture)
+    return {**check.summary(), "k": k, "picture": picture}

@@ -6,9 +6,9 @@ square difference of [0, 1] pixels) and, where a feature extractor is given, in 
 sample is a near-copy when its nearest training image is much closer than the second nearest:
 pixel distance under NEAR_COPY_RATIO of it: a simpler form of the relative distance of Carlini et
 al. 2023's extraction study of CIFAR-10 diffusion models (which divides by the mean distance to the
-nearest 50). A ratio, not a fixed threshold, because it needs no calibration per dataset: a typical new image lies about as far from its first as from its second neighbour, a copy
-lies next to one training image only. (Two near-identical training images hide each other's copies
-from it.)
+nearest 50). A ratio, not a fixed threshold, because it needs no calibration per dataset: a
+typical new image lies about as far from its first as from its second neighbour, a copy lies next
+to one training image only. (Two near-identical training images hide each other's copies from it.)
 """
 
 from typing import NamedTuple

@@ -5,9 +5,18 @@ import os
 import keras
 import numpy as np
 
-from diffusion_keras import backend, distributed, fine_tuning, interrupts, quiet, runs
+from diffusion_keras import (
+    backend,
+    distributed,
+    fine_tuning,
+    interrupts,
+    posthoc_ema,
+    quiet,
+    runs,
+)
 from diffusion_keras.callbacks import (
     Checkpointer,
+    EmaSnapshots,
     EpochSeeds,
     ImageGenerator,
     MetricsLog,
@@ -225,6 +234,8 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
         runs.write_json(os.path.join(run_dir, "config.json"),
                         {**saved.to_dict(), METADATA: {"num_images": len(images)}})
     written_by = run_dir if writer else None
+    snapshots = ([EmaSnapshots(run_dir, posthoc_ema.snapshot_epochs(epochs, run.ema_snapshots))]
+                 if model.config.posthoc_ema and writer else [])
     model.fit(
         batches.fit_input(initial_epoch, epochs),
         steps_per_epoch=len(batches),
@@ -237,6 +248,7 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
             EpochSeeds(),
             StopOnDivergence(run_dir, seed=seed),
             ImageGenerator(written_by, every=run.plot_every, seed=seed),
+            *snapshots,
             *([MetricsLog(run_dir, history),
                Checkpointer(run_dir, keep=run.keep_checkpoints, history=history)] if writer else []),
             ProcessPlots(written_by, preprocess(images[train_indices[:4]]), seed=seed,

@@ -111,6 +111,18 @@ def add_sampling_arguments(parser, steps=20):
     return group
 
 
+def add_ema_length_argument(parser, several=False):
+    from diffusion_keras.checks import positive_float_argument, positive_float_list_argument
+
+    what = ("relative EMA lengths to score one after the other, e.g. 0.03,0.05,0.1,0.15,0.2 (the "
+            "best by FD is named last)" if several else "a relative EMA length, e.g. 0.1")
+    parser.add_argument("--ema-length", type=positive_float_list_argument if several
+                        else positive_float_argument,
+                        help=f"post-hoc EMA: sample with the EMA of this length (a share of the "
+                             f"training time), rebuilt from the run's snapshots (train.py "
+                             f"--posthoc-ema); {what}")
+
+
 def add_distribute_argument(parser):
     parser.add_argument("--distribute", action="store_true",
                         help="sample data-parallel on every local device (and host: see docs/scale.md), "

@@ -7,6 +7,7 @@ from diffusion_keras.cli import (
     Parser,
     add_checkpoint_argument,
     add_distribute_argument,
+    add_ema_length_argument,
     add_sampling_arguments,
     run,
     sampler_options,
@@ -41,28 +42,50 @@ def parser():
                    help="seed of the generated images (and of the real-image subset)")
     p.add_argument("--cache-dir", help="where reference statistics are cached "
                                        "(default: ~/.cache/diffusion_keras/reference)")
+    p.add_argument("--nearest", type=positive_int_argument, metavar="K",
+                   help="memorisation check: each sample's K nearest real images (in pixels and "
+                        "features), the share of near-copies and a picture of them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_distribute_argument(p)
     add_sampling_arguments(p)
+    add_ema_length_argument(p, several=True)
     return p
 
 
 def evaluate_from_args(args):
-    from diffusion_keras import distributed, runs
+    from diffusion_keras import distributed, posthoc_ema, runs
     from diffusion_keras.evaluation import evaluate
 
     sampler_options(args)  # options of another sampler fail before any checkpoint is looked for
     checkpoint = runs.find_checkpoint(args.checkpoint)
     sampling = sampling_settings(args, runs.saved_model_config(checkpoint))
+    for length in args.ema_length or ():
+        posthoc_ema.check_length(checkpoint, length)
     if args.distribute:
         distributed.start()  # before the model's variables are made
     weights = None if args.inception_weights == "random" else args.inception_weights
-    result = evaluate(
-        checkpoint, args.num_images, args.steps, args.dataset,
-        args.split, args.data_dir, args.limit, weights, args.inception_size, args.kid_images,
-        args.batch_size, args.seed, args.cache_dir, features=args.features, sampling=sampling,
-        verbose=not args.quiet,
-    )
+    results = []
+    for length in args.ema_length or [None]:
+        results.append(evaluate(
+            checkpoint, args.num_images, args.steps, args.dataset,
+            args.split, args.data_dir, args.limit, weights, args.inception_size, args.kid_images,
+            args.batch_size, args.seed, args.cache_dir, features=args.features, sampling=sampling,
+            verbose=not args.quiet, ema_length=length, nearest=args.nearest,
+        ))
+        report(results[-1])
+    if len(results) > 1:
+        name = "fid" if results[0]["features"] == "inception" else "fd_cifar10"
+        best = min(results, key=lambda result: result[name])
+        lengths = ", ".join(f"{result['ema_length']:g}" for result in results)
+        print(f"best EMA length: {best['ema_length']:g} ({name.upper().replace('_', '-')} "
+              f"{best[name]:.6g}; lengths {lengths})")
+    return 0
+
+
+def report(result):
+    """Print one evaluation's scores and what they were measured against."""
+    from diffusion_keras import distributed
+
     real = result.get("data_dir") or f"{result['dataset']} {result['split']} split"
     reference = "reused from" if result["reference_reused"] else "cached in"
     if result["features"] == "inception":
@@ -71,13 +94,18 @@ def evaluate_from_args(args):
     else:
         scores = f"KD-cifar10 {result['kd_cifar10']:.6g}  FD-cifar10 {result['fd_cifar10']:.6g}"
         space = "the project's CIFAR-10 classifier features: not comparable with FID/KID"
+    network = ("EMA network" if result["ema_length"] is None
+               else f"post-hoc EMA of length {result['ema_length']:g}")
     print(f"{scores}  ({result['num_images']} images, {result['sampler']} {result['steps']} steps, "
-          f"EMA network, "
+          f"{network}, "
           f"against {result['num_real_images']} real images of {real}; {space})")
     print(f"reference statistics {reference} {result['reference_cache']}")
+    if "nearest" in result:
+        print(f"memorisation check: {result['nearest']['near_copies']} of "
+              f"{result['nearest']['samples']} samples are near-copies of real images "
+              f"({result['nearest']['rule']}); picture {result['nearest']['picture']}")
     if distributed.is_writer():
         print(f"wrote {result['path']}")
-    return 0
 
 
 def main(argv=None):

@@ -20,6 +20,7 @@ from diffusion_keras.cli import (
     Parser,
     add_checkpoint_argument,
     add_distribute_argument,
+    add_ema_length_argument,
     add_sampling_arguments,
     run,
     sampler_options,
@@ -60,6 +61,7 @@ def parser():
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_distribute_argument(p)
     add_sampling_arguments(p)
+    add_ema_length_argument(p)
     return p
 
 
@@ -152,22 +154,28 @@ class Generation:
 
 
 def generate_from_args(args):
-    from diffusion_keras import backend, distributed, runs
+    from diffusion_keras import backend, distributed, posthoc_ema, runs
     from diffusion_keras.interpolation import interpolation_images
     from diffusion_keras.plotting import image_grid, plot_image_table, save_gif, save_image_grid
     from diffusion_keras.samplers import SAMPLERS, sampling_name
 
     sampler_options(args)  # options of another sampler fail before any checkpoint is looked for
     checkpoint = runs.find_checkpoint(args.checkpoint)
+    if args.ema_length is not None:
+        posthoc_ema.check_length(checkpoint, args.ema_length)
     output = runs.check_creatable(args.output or default_output(checkpoint), "output folder",
                                   "--output")  # before any sampling, so no work is lost
     if args.distribute:
         distributed.start()  # before the model's variables are made
     model = runs.load_checkpoint(checkpoint)
+    ema_updates = None
+    if args.ema_length is not None:
+        ema_updates = posthoc_ema.use_length(model, checkpoint, args.ema_length)
     sampling = sampling_settings(args, model.config)
     classes = chosen_classes(model, args)
     guidances = args.guidance or [1.0]
-    base = f"{safe(os.path.splitext(os.path.basename(checkpoint))[0])}_" \
+    ema = "" if args.ema_length is None else f"_ema{args.ema_length:g}"
+    base = f"{safe(os.path.splitext(os.path.basename(checkpoint))[0])}{ema}_" \
            f"{sampling_name(sampling, args.steps, args.seed)}"
     batch_size = args.batch_size or backend.default_sample_batch_size()
     settings = {"seed": args.seed, "batch_size": batch_size, **sampling}
@@ -216,6 +224,7 @@ def generate_from_args(args):
             "num_images": num_images, "batch_size": batch_size, "seed": args.seed,
             "classes": names, "guidance": guidances if names else None,
             "frames": args.frames if args.interpolate else None,
+            "ema_length": args.ema_length, "ema_updates": ema_updates,
         })
     for path in written:
         print(f"wrote {path}")

@@ -70,8 +70,8 @@ def parser():
         type=float)
     add(data, "--augment", "model", "EDM's non-leaky augmentation: the probability of each "
         "transform (x-flip, quarter turns, integer shifts, scalings) per training image, told to "
-        "the network and zero when sampling, so samples show none; for small folders (e.g. 0.15; "
-        "docs/own-images.md), 0: off", type=float)
+        "the network and zero when sampling, so samples show none; for small folders (e.g. 0.12, "
+        "EDM's for CIFAR-10; docs/own-images.md), 0: off", type=float)
     add(data, "--init-from", "run", "fine-tune: start from this trained model (a .keras file or "
         "run folder) and its settings, on these images, in a new run folder (its EMA weights; the "
         "normaliser adapted to the new images; architecture flags must match it)")
@@ -127,6 +127,12 @@ def parser():
     add(opt, "--ema-warmup", "model",
         "EMA warm-up power p: momentum min(--ema, 1 - (1 + updates)^-p); 0: --ema from the start",
         type=float)
+    add(opt, "--posthoc-ema", "model", "also keep EDM2's power-function EMA averages (relative "
+        f"widths {shown(settings.POSTHOC_EMA_WIDTHS)}) and snapshots of them, so any EMA length "
+        "can be rebuilt after training (generate.py/evaluate.py --ema-length)",
+        action="store_const", const=settings.POSTHOC_EMA_WIDTHS)
+    add(opt, "--ema-snapshots", "run", "with --posthoc-ema: snapshots spread over the run (each "
+        "holds two copies of the network's weights)", type=positive_int_argument)
     add(opt, "--clip-norm", "optimization",
         "clip gradients to this global norm (e.g. 1.0) if the loss diverges (default: off)",
         type=float)
