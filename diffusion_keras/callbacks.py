@@ -16,6 +16,7 @@ from diffusion_keras.plotting import (
     plot_before_after,
     plot_forward_process,
     plot_losses,
+    plot_nearest_images,
     plot_schedules,
     reverse_process,
     save_image_grid,
@@ -143,6 +144,66 @@ class MetricsLog(keras.callbacks.Callback):
                 file.write(text.getvalue())
         os.makedirs(os.path.join(self.run_dir, PLOTS_DIR), exist_ok=True)
         plot_losses(self.rows, os.path.join(self.run_dir, PLOTS_DIR, "losses.png"))
+
+
+class QualityDuringTraining(keras.callbacks.Callback):
+    """Every `every` epochs, the FD of `num_images` seeded EMA samples (20 calls of the model's
+    sampler) against the training images' features, logged as the epoch's `metric_name`
+    ("fd_cifar10" or "fid", `evaluation.METRIC_NAMES`) for the log, TensorBoard and `Checkpointer`
+    (list this before them). `reference`: `metrics.FeatureStatistics` of the training images in
+    the features `extractor` computes (`evaluation.training_reference`)."""
+
+    def __init__(self, every, extractor, reference, metric_name, num_images=1000, seed=0,
+                 batch_size=None):
+        super().__init__()
+        self.every = every
+        self.extractor = extractor
+        self.reference = reference
+        self.metric_name = metric_name
+        self.num_images = num_images
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        from diffusion_keras import metrics
+        from diffusion_keras.evaluation import extract_features
+
+        if (epoch + 1) % self.every or logs is None:
+            return
+        images = self.model.generate(self.num_images, 20, seed=self.seed, verbose=False,
+                                     batch_size=self.batch_size)
+        generated = metrics.FeatureStatistics().update(
+            extract_features(self.extractor, images, self.batch_size or 64))
+        logs[self.metric_name] = metrics.fid(self.reference, generated)
+
+
+class MemorisationCheck(keras.callbacks.Callback):
+    """At the end of training on a small folder: the memorisation check (`memorization.check`) of
+    `num_images` seeded EMA samples against the `training_images`, drawn as plots/nearest.png,
+    summed up in memorisation.json and one printed line. With `run_dir=None` (the other processes
+    of a multi-host run) the samples are drawn in step and nothing is written."""
+
+    def __init__(self, run_dir, training_images, num_images=64, seed=0):
+        super().__init__()
+        self.run_dir = run_dir
+        self.training_images = training_images
+        self.num_images = num_images
+        self.seed = seed
+
+    def on_train_end(self, logs=None):
+        from diffusion_keras import memorization
+
+        samples = self.model.generate(self.num_images, 20, seed=self.seed, verbose=False)
+        check = memorization.check(samples, self.training_images, k=3)
+        if self.run_dir is None:
+            return
+        picture = os.path.join(self.run_dir, PLOTS_DIR, "nearest.png")
+        os.makedirs(os.path.dirname(picture), exist_ok=True)
+        plot_nearest_images(samples, self.training_images, check, picture)
+        runs.write_json(os.path.join(self.run_dir, "memorisation.json"),
+                        {**check.summary(), "picture": picture, "seed": self.seed})
+        print(f"memorisation check: {check.describe()}; see {picture} (evaluate.py --nearest for "
+              "more samples)")
 
 
 class EmaSnapshots(keras.callbacks.Callback):

@@ -330,6 +330,8 @@ class RunConfig(_Section):
     conditional: bool = False  # learn the class labels (tfds label feature or sub-folder names)
     init_from: str | None = None  # a trained model's .keras to fine-tune (`fine_tuning`)
     ema_snapshots: int = 16  # post-hoc EMA snapshots, spread evenly over the epochs
+    eval_every: int | None = None  # epochs between FDs of samples, which then pick best.keras
+    eval_images: int = 1000  # samples per FD during training
 
     def __post_init__(self):
         checks.choice(self.dataset, DATASETS, "dataset")
@@ -338,6 +340,10 @@ class RunConfig(_Section):
         checks.positive_int(self.plot_every, "plot every")
         checks.positive_int(self.keep_checkpoints, "keep checkpoints")
         checks.positive_int(self.ema_snapshots, "EMA snapshots")
+        checks.positive_int(self.eval_every, "eval every", allow_none=True)
+        checks.positive_int(self.eval_images, "eval images")
+        if self.eval_images < 2:
+            raise UsageError(f"an FD needs at least 2 images; --eval-images is {self.eval_images}")
         checks.seed(self.seed)
         if self.tensorboard and None in (importlib.util.find_spec("tensorflow"),
                                          importlib.util.find_spec("tensorboard")):

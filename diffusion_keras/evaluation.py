@@ -73,6 +73,23 @@ def feature_extractor(features, channels, image_size, inception_weights="imagene
         return "cifar10", cifar10_features.cifar10_extractor(channels)
 
 
+def training_reference(images, indices, seed=0, count=10000, batch_size=64):
+    """(metric name, extractor, `metrics.FeatureStatistics`) of a seeded `count` of the training
+    images at `indices`, for the FD a run scores during training: in the CIFAR-10 classifier's
+    features for 32x32 RGB images, else InceptionV3's (`feature_extractor`'s "auto")."""
+    from diffusion_keras import image_files
+
+    channels, image_size = images.shape[-1], images.shape[1]
+    features = "cifar10" if is_cifar10_like(channels, image_size) else "inception"
+    space, extractor = feature_extractor(features, channels, image_size)
+    chosen = np.sort(np.asarray(indices)[image_files.seeded_subset(len(indices), count, seed)])
+    statistics = metrics.FeatureStatistics()
+    for start in range(0, len(chosen), batch_size):
+        statistics.update(extract_features(extractor, images[chosen[start:start + batch_size]],
+                                           batch_size))
+    return METRIC_NAMES[space][1], extractor, statistics
+
+
 def reference_key(source, image_size, channels, features, inception_weights, inception_size, limit,
                   kid_images):
     """Everything the real-image statistics depend on; random weights also depend on the backend."""

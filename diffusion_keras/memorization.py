@@ -31,17 +31,18 @@ class Neighbours(NamedTuple):
 
 def nearest(queries, references, k, scale=1.0):
     """The `k` nearest rows of `references` to each row of `queries` (both (N, ...) arrays, compared
-    flattened as float32) in Euclidean distance divided by `scale`; references are read chunk by
-    chunk, so a prepared image file never has to fit in memory."""
-    queries = np.asarray(queries, "float32").reshape(len(queries), -1)
+    flattened in float64, so a near-copy's small distance survives the cancellation) in Euclidean
+    distance divided by `scale`; references are read chunk by chunk, so a prepared image file never
+    has to fit in memory."""
+    queries = np.asarray(queries, "float64").reshape(len(queries), -1)
     if not 1 <= k <= len(references):
         raise UsageError(f"cannot find {k} nearest of {len(references)} training images; ask for "
                          f"1 to {len(references)}")
     query_norms = np.sum(queries ** 2, axis=1, keepdims=True)
     best_indices = np.zeros((len(queries), 0), "int64")
-    best_squares = np.zeros((len(queries), 0), "float32")
+    best_squares = np.zeros((len(queries), 0))
     for start in range(0, len(references), CHUNK):
-        chunk = np.asarray(references[start:start + CHUNK], "float32").reshape(-1, queries.shape[1])
+        chunk = np.asarray(references[start:start + CHUNK], "float64").reshape(-1, queries.shape[1])
         squares = query_norms - 2 * queries @ chunk.T + np.sum(chunk ** 2, axis=1)
         indices = np.concatenate([best_indices, np.broadcast_to(
             np.arange(start, start + len(chunk)), squares.shape)], axis=1)

@@ -19,8 +19,10 @@ from diffusion_keras.callbacks import (
     EmaSnapshots,
     EpochSeeds,
     ImageGenerator,
+    MemorisationCheck,
     MetricsLog,
     ProcessPlots,
+    QualityDuringTraining,
     StopOnDivergence,
     TensorBoardSamples,
 )
@@ -37,6 +39,7 @@ from diffusion_keras.model import DiffusionModel
 from diffusion_keras.optimizers import PerUpdate, build_optimizer
 
 MIN_VALIDATION_IMAGES = 8  # fewer held-out images would score the EMA network by chance
+SMALL_FOLDER = 5000  # training images up to which a run ends with the memorisation check
 
 
 def split_indices(count, validation_split, seed):
@@ -198,15 +201,17 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
     quiet.set_random_seed(seed)
     train_indices, validation_indices = split_indices(len(images), run.validation_split, seed)
     labels, class_names = run_classes(images, run.conditional, labels, class_names)
+    if run.init_from is not None and resume_from is None:
+        fine_tuning.check_architecture(
+            config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
+                                 class_names=class_names),
+            runs.saved_model_config(run.init_from), run.init_from)
     shard = (distributed.process_index(), distributed.process_count())
     batches = ImageBatches(images, batch_size, flip=run.resolved_flip(), seed=seed,
                            indices=train_indices, shard=shard, labels=labels)
     if resume_from is None:
         model_config = config.model.replace(image_size=images.shape[1], channels=images.shape[-1],
                                             seed=seed, class_names=class_names)
-        if run.init_from is not None:
-            fine_tuning.check_architecture(model_config, runs.saved_model_config(run.init_from),
-                                           run.init_from)
         model = build_model(model_config, optimization, len(batches))
         if run.init_from is not None:
             fine_tuning.initial_weights(model, run.init_from)
@@ -224,6 +229,13 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
         validation = ImageBatches(
             images, validation_batch, flip=False, shuffle=False, indices=validation_indices,
             shard=shard, labels=labels).fit_input()
+    quality = []
+    if run.eval_every is not None:  # before any folder: an extractor that cannot be had fails here
+        from diffusion_keras.evaluation import training_reference
+
+        name, extractor, reference = training_reference(images, train_indices, seed)
+        quality = [QualityDuringTraining(run.eval_every, extractor, reference, name,
+                                         run.eval_images, seed)]
     writer = distributed.is_writer()  # the other processes compute in step and write nothing
     if writer:  # only now: a run that cannot start leaves no folder behind
         if resume_from is None:
@@ -248,12 +260,17 @@ def train(images, run_dir, config=TrainingConfig(), verbose="auto", callbacks=()
             EpochSeeds(),
             StopOnDivergence(run_dir, seed=seed),
             ImageGenerator(written_by, every=run.plot_every, seed=seed),
+            *quality,
             *snapshots,
-            *([MetricsLog(run_dir, history),
-               Checkpointer(run_dir, keep=run.keep_checkpoints, history=history)] if writer else []),
+            *([MetricsLog(run_dir, history), Checkpointer(
+                run_dir, keep=run.keep_checkpoints, history=history,
+                **({"monitor": quality[0].metric_name, "fallback_monitor": None} if quality
+                   else {}))] if writer else []),
             ProcessPlots(written_by, preprocess(images[train_indices[:4]]), seed=seed,
                          resumed=resume_from is not None),
             *(tensorboard_callbacks(run_dir) if run.tensorboard and writer else ()),
+            *([MemorisationCheck(written_by, images[train_indices], seed=seed)]
+              if len(train_indices) <= SMALL_FOLDER else []),
             *callbacks,
         ],
         verbose=verbose,

@@ -147,6 +147,10 @@ def parser():
     add(out, "--plot-every", "run", "save a sample grid every N epochs", type=positive_int_argument)
     add(out, "--keep-checkpoints", "run", "epoch checkpoints to keep (best.keras is kept as well)",
         type=positive_int_argument)
+    add(out, "--eval-every", "run", "score the EMA network's samples by FD every N epochs "
+        "(CIFAR-10 classifier features for 32x32 RGB images, else InceptionV3's), logged beside "
+        "the losses; best.keras is then the lowest FD", type=positive_int_argument)
+    add(out, "--eval-images", "run", "samples per --eval-every FD", type=positive_int_argument)
     add(out, "--seed", "run", "seed for data order, noise and samples", type=int)
     add(out, "--tensorboard", "run", "also log losses, learning rate and sample grids for "
         "TensorBoard in RUN_DIR/tensorboard (tensorboard --logdir runs/); needs tensorflow",
@@ -210,6 +214,12 @@ def config_from_args(args):
     if "init_from" in given.get("run", {}):
         base = fine_tuning_base(base, given["run"])
     config = base.updated(given)
+    if config.run.init_from is not None:  # before any data (its classes are checked by train)
+        from diffusion_keras import fine_tuning, runs
+
+        saved = runs.saved_model_config(config.run.init_from)
+        fine_tuning.check_architecture(config.model.replace(class_names=saved.class_names), saved,
+                                       config.run.init_from)
     if config.distillation is not None:
         raise UsageError(f"{args.config} is a distillation run's config (distill.py made it); "
                          "train.py --config takes a training run's config.json")
@@ -289,7 +299,10 @@ def what_is_trained(images, config):
     run = config.run
     classes = f" in {len(images.class_names)} classes" if run.conditional else ""
     trained, held_out = split_indices(len(images), run.validation_split, run.seed)
-    if held_out is not None:
+    if run.eval_every is not None:
+        validation = (f"{len(held_out) if held_out is not None else 'none'} held out; FD of "
+                      f"{run.eval_images} samples every {run.eval_every} epoch(s) picks best.keras")
+    elif held_out is not None:
         validation = (f"{len(held_out)} more held out to score the EMA network each epoch; "
                       "best.keras is the lowest validation loss")
     elif not run.validation_split:
