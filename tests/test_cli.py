@@ -312,8 +312,9 @@ def test_training_end_to_end_on_each_backend(backend, tiny_folder, tmp_path):
 
 def test_train_leaves_the_plots_and_generate_the_interpolation_gif(trained_run, tmp_path):
     assert sorted(os.listdir(trained_run / "plots")) == [
-        "forward_process.png", "losses.png", "reverse_process.gif", "reverse_process_x0.png",
-        "samples_untrained.png", "samples_untrained_vs_trained.png", "schedules.png"]
+        "forward_process.png", "losses.png", "nearest.png", "reverse_process.gif",
+        "reverse_process_x0.png", "samples_untrained.png", "samples_untrained_vs_trained.png",
+        "schedules.png"]
     assert generate.main(["--checkpoint", str(trained_run / "checkpoints" / "epoch_0002.keras"),
                           "--steps", "2", "--num-images", "2", "--interpolate", "--frames", "4",
                           "--output", str(tmp_path)]) == 0

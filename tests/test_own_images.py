@@ -262,7 +262,8 @@ def test_fd_during_training_picks_best_and_small_runs_end_with_the_memorisation_
     assert len(scores) == 2 and all(np.isfinite(scores))
     best = runs.load_checkpoint(os.path.join(run_dir, runs.CHECKPOINT_DIR, "best.keras"))
     steps = int(ops.convert_to_numpy(best.training_steps))
-    assert steps == (int(np.argmin(scores)) + 1) * (len(images) - len(images) // 5) // 8
+    steps_per_epoch = (len(images) - int(len(images) * 0.2)) // 8
+    assert steps == (int(np.argmin(scores)) + 1) * steps_per_epoch
     summary = json.load(open(os.path.join(run_dir, "memorisation.json")))
     assert summary["samples"] == 64 and os.path.isfile(summary["picture"])
     assert "memorisation check:" in capsys.readouterr().out
