@@ -1,5 +1,6 @@
 """Data-parallel training on JAX over two fake CPU devices matches one device (a class-conditional
-model, so labels travel with the sharded batches); other backends refuse."""
+model, so labels travel with the sharded batches, trained with augmentation and post-hoc EMA, so
+the pipe's draws and the power averages are sharded too); other backends refuse."""
 
 import json
 import os
@@ -25,12 +26,14 @@ TWO_DEVICES = textwrap.dedent("""
     images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     classes = {"labels": np.arange(40) % 2, "class_names": ("odd", "even")}  # class-conditional
     config = TrainingConfig().updated({
-        "model": {"widths": (8, 16), "block_depth": 1, "embedding_dims": 8},
+        "model": {"widths": (8, 16), "block_depth": 1, "embedding_dims": 8, "augment": 0.5,
+                  "posthoc_ema": (0.05, 0.1)},
         "optimization": {"epochs": 1, "batch_size": 8},
         "run": {"validation_split": 0.2, "seed": 3, "conditional": True}})
 
     def weights(model):
-        return [np.asarray(w) for w in model.network.weights + model.ema_network.weights]
+        return [np.asarray(w) for network in [model.network, model.ema_network,
+                                              *model.power_ema_networks] for w in network.weights]
 
     single = training.train(images, sys.argv[1] + "/single", config, verbose=0, **classes)
     one_device = single.generate(6, 5, seed=1, verbose=False, labels=1, guidance=2.0)
