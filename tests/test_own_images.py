@@ -11,6 +11,7 @@ from keras import ops
 
 from diffusion_keras import augmentation, fine_tuning, memorization, posthoc_ema, runs, training
 from diffusion_keras.cli import evaluate as evaluate_cli
+from diffusion_keras.cli import generate as generate_cli
 from diffusion_keras.cli import train as train_cli
 from diffusion_keras.config import ModelConfig, OptimizationConfig, RunConfig, TrainingConfig
 from diffusion_keras.errors import UsageError
@@ -178,16 +179,24 @@ def test_fine_tuning_refuses_another_architecture_and_copies_the_ema_weights(tmp
 def test_cli_refusals_are_one_line_before_any_folder(tiny_folder, tmp_path, capsys):
     trained = str(tmp_path / "trained")
     code = train_cli.main(["--data-dir", str(tiny_folder), "--image-size", "16", "--widths",
-                           "8,16", "--block-depth", "1", "--batch-size", "8", "--epochs", "1",
-                           "--run-dir", trained])
-    assert code == 0
+                           "8,16", "--block-depth", "1", "--batch-size", "8", "--epochs", "2",
+                           "--posthoc-ema", "--ema-snapshots", "2", "--run-dir", trained])
+    assert code == 0 and len(posthoc_ema.snapshots(trained)) == 2
+    saved = str(tmp_path / "ema0.1.keras")
+    assert generate_cli.main(["--checkpoint", trained, "--ema-length", "0.1", "--steps", "2",
+                              "--num-images", "2", "--save-checkpoint", saved, "--quiet"]) == 0
+    rebuilt, _ = posthoc_ema.reconstruct(trained, 0.1)
+    for weight, expected in zip(runs.load_checkpoint(saved).ema_network.weights, rebuilt):
+        np.testing.assert_array_equal(ops.convert_to_numpy(weight), expected)
     run_dir = str(tmp_path / "mismatched")
     code = train_cli.main(["--data-dir", str(tiny_folder), "--init-from", trained, "--widths",
                            "8,32", "--run-dir", run_dir])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "needs the checkpoint's architecture" in error[-1]
     assert not os.path.exists(run_dir)
-    assert evaluate_cli.main(["--checkpoint", trained, "--ema-length", "0.1"]) == 2
+    assert evaluate_cli.main(["--checkpoint", trained, "--ema-length", "0.1,0.5"]) == 2
+    assert "EMA length 0.5 must be in" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert evaluate_cli.main(["--checkpoint", saved, "--ema-length", "0.1"]) == 2
     assert "has none (ema_snapshots/)" in capsys.readouterr().err
 
 

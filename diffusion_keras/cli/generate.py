@@ -59,6 +59,9 @@ def parser():
                    help="also save each image as its own PNG, in a sub-folder named like the grid")
     p.add_argument("--output", help="output folder (default: <run folder>/generated)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--save-checkpoint", metavar="PATH",
+                   help="with --ema-length: also save the model with that EMA as a .keras file, "
+                        "which every command then loads like any checkpoint")
     add_distribute_argument(p)
     add_sampling_arguments(p)
     add_ema_length_argument(p)
@@ -163,6 +166,10 @@ def generate_from_args(args):
     checkpoint = runs.find_checkpoint(args.checkpoint)
     if args.ema_length is not None:
         posthoc_ema.check_length(checkpoint, args.ema_length)
+    if args.save_checkpoint is not None and (args.ema_length is None
+                                             or not args.save_checkpoint.endswith(".keras")):
+        raise UsageError("--save-checkpoint saves the EMA --ema-length rebuilds, as a .keras file: "
+                         "give both, e.g. --ema-length 0.1 --save-checkpoint ema0.1.keras")
     output = runs.check_creatable(args.output or default_output(checkpoint), "output folder",
                                   "--output")  # before any sampling, so no work is lost
     if args.distribute:
@@ -171,6 +178,10 @@ def generate_from_args(args):
     ema_updates = None
     if args.ema_length is not None:
         ema_updates = posthoc_ema.use_length(model, checkpoint, args.ema_length)
+        if args.save_checkpoint is not None and distributed.is_writer():
+            runs.save_model(model, args.save_checkpoint)
+            print(f"wrote {args.save_checkpoint} (the EMA of length {args.ema_length:g} at "
+                  f"update {ema_updates})")
     sampling = sampling_settings(args, model.config)
     classes = chosen_classes(model, args)
     guidances = args.guidance or [1.0]
