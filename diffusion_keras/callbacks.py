@@ -153,8 +153,7 @@ class QualityDuringTraining(keras.callbacks.Callback):
     (list this before them). `reference`: `metrics.FeatureStatistics` of the training images in
     the features `extractor` computes (`evaluation.training_reference`)."""
 
-    def __init__(self, every, extractor, reference, metric_name, num_images=1000, seed=0,
-                 batch_size=None):
+    def __init__(self, every, extractor, reference, metric_name, num_images=1000, seed=0):
         super().__init__()
         self.every = every
         self.extractor = extractor
@@ -162,7 +161,6 @@ class QualityDuringTraining(keras.callbacks.Callback):
         self.metric_name = metric_name
         self.num_images = num_images
         self.seed = seed
-        self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
         from diffusion_keras import metrics
@@ -170,10 +168,9 @@ class QualityDuringTraining(keras.callbacks.Callback):
 
         if (epoch + 1) % self.every or logs is None:
             return
-        images = self.model.generate(self.num_images, 20, seed=self.seed, verbose=False,
-                                     batch_size=self.batch_size)
+        images = self.model.generate(self.num_images, 20, seed=self.seed, verbose=False)
         generated = metrics.FeatureStatistics().update(
-            extract_features(self.extractor, images, self.batch_size or 64))
+            extract_features(self.extractor, images, 64))
         logs[self.metric_name] = metrics.fid(self.reference, generated)
 
 

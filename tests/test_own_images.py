@@ -225,8 +225,9 @@ whole = tiny_run(images, os.path.join(folder, "whole"), 3)
 parted = os.path.join(folder, "parted")
 try:
     tiny_run(images, parted, 3, [InterruptAt(1, 2)])
+    raise AssertionError("the run was not interrupted")
 except KeyboardInterrupt:
-    pass
+    assert [runs.checkpoint_epoch(path) for path in runs.run_checkpoints(parted)] == [1]
 resumed = tiny_run(images, parted, 3, resume_from=runs.resume_point(parted))
 rebuilt, updates = posthoc_ema.reconstruct(parted, 0.1)
 kept = [ops.convert_to_numpy(weight) for weight in resumed.power_ema_networks[1].weights]

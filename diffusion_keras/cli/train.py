@@ -211,13 +211,13 @@ def config_from_args(args):
         base = settings.read_config(args.config, base).updated({"run": {"run_dir": None},
                                                                 "model": {"seed": None}})
     given = given_settings(args)
+    saved = None
     if "init_from" in given.get("run", {}):
-        base = fine_tuning_base(base, given["run"])
+        base, saved = fine_tuning_base(base, given["run"])
     config = base.updated(given)
-    if config.run.init_from is not None:  # before any data (its classes are checked by train)
-        from diffusion_keras import fine_tuning, runs
+    if saved is not None:  # before any data (its classes are checked by train)
+        from diffusion_keras import fine_tuning
 
-        saved = runs.saved_model_config(config.run.init_from)
         fine_tuning.check_architecture(config.model.replace(class_names=saved.class_names), saved,
                                        config.run.init_from)
     if config.distillation is not None:
@@ -231,21 +231,18 @@ def config_from_args(args):
 
 
 def fine_tuning_base(base, run_flags):
-    """`base` with the model section of the checkpoint `--init-from` names (resolved to its .keras
-    file in `run_flags`): a fine-tuned run learns what that model learnt, unless flags say otherwise.
-    Its seed and classes are the new run's."""
+    """(`base` with the model section of the checkpoint `--init-from` names, that checkpoint's
+    `ModelConfig`); its path is resolved to the .keras file in `run_flags`. A fine-tuned run learns
+    what that model learnt, unless flags say otherwise; its seed and classes are the new run's."""
     from diffusion_keras import runs
 
     checkpoint = os.path.abspath(runs.find_checkpoint(run_flags["init_from"]))
     run_flags["init_from"] = checkpoint
     saved = runs.saved_model_config(checkpoint)
-    if saved.distillation is not None:
-        raise UsageError(f"{checkpoint!r} is a distilled student; --init-from starts from a model "
-                         "train.py made")
-    saved = saved.to_dict()
+    model = saved.to_dict()
     for name in ("seed", "class_names", "distillation", "student_calls"):
-        saved.pop(name)
-    return base.updated({"model": saved})
+        model.pop(name)
+    return base.updated({"model": model}), saved
 
 
 def open_run(args):
