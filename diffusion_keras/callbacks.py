@@ -197,10 +197,14 @@ class MemorisationCheck(keras.callbacks.Callback):
         picture = os.path.join(self.run_dir, PLOTS_DIR, "nearest.png")
         os.makedirs(os.path.dirname(picture), exist_ok=True)
         plot_nearest_images(samples, self.training_images, check, picture)
+        summary = check.summary()
         runs.write_json(os.path.join(self.run_dir, "memorisation.json"),
-                        {**check.summary(), "picture": picture, "seed": self.seed})
+                        {**summary, "picture": picture, "seed": self.seed})
         print(f"memorisation check: {check.describe()}; see {picture} (evaluate.py --nearest for "
               "more samples)")
+        remedy = memorization.advice(summary, self.model.config.augment)
+        if remedy:
+            print(remedy)
 
 
 class EmaSnapshots(keras.callbacks.Callback):

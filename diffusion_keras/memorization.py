@@ -96,6 +96,17 @@ class Check(NamedTuple):
                 f"({summary['near_copy_share']:.1%}) are near-copies of training images ({RULE})")
 
 
+def advice(summary, augment):
+    """What to do about the near-copies a check's `summary` found, for a model trained with
+    augmentation probability `augment`; None when it found none. 0.2 because it removed them on
+    200 CIFAR-10 horses where no augmentation copied (BENCHMARKS.md, "Training on your own images")."""
+    if not summary["near_copies"]:
+        return None
+    remedy = f"a higher --augment than {augment:g}" if augment else "--augment 0.2"
+    return ("near-copies mean the network is learning its training images by heart: train with "
+            f"{remedy}, on more images or for fewer epochs (docs/own-images.md)")
+
+
 def check(samples, training_images, k=3, sample_features=None, training_features=None):
     """The memorisation check of `samples` against `training_images` (both uint8 or [0, 1] floats):
     `k` nearest training images of each in pixels and, given both feature arrays, in features."""

@@ -113,6 +113,10 @@ def test_the_nearest_neighbour_search_finds_every_planted_copy():
                       - training_images.reshape(1, 300, -1) / 255.0) ** 2).mean(axis=-1))
     np.testing.assert_allclose(check.pixels.distances, np.sort(brute, axis=1)[:, :3], atol=1e-5)
     assert check.summary()["near_copies"] == 4 and "4 of 40" in check.describe()
+    assert "train with --augment 0.2" in memorization.advice(check.summary(), 0)
+    assert "a higher --augment than 0.2" in memorization.advice(check.summary(), 0.2)
+    without_copies = memorization.check(np.delete(samples, planted, axis=0), training_images)
+    assert memorization.advice(without_copies.summary(), 0) is None
     with pytest.raises(UsageError, match="nearest"):
         memorization.nearest(samples, training_images[:2], 3)
 
@@ -176,7 +180,8 @@ def test_fine_tuning_refuses_another_architecture_and_copies_the_ema_weights(tmp
                                           ops.convert_to_numpy(expected))
 
 
-def test_cli_refusals_are_one_line_before_any_folder(tiny_folder, tmp_path, capsys):
+def test_cli_rebuilds_an_ema_checks_memorisation_and_refuses_in_one_line(tiny_folder, tmp_path,
+                                                                          capsys):
     trained = str(tmp_path / "trained")
     code = train_cli.main(["--data-dir", str(tiny_folder), "--image-size", "16", "--widths",
                            "8,16", "--block-depth", "1", "--batch-size", "8", "--epochs", "2",
@@ -188,6 +193,14 @@ def test_cli_refusals_are_one_line_before_any_folder(tiny_folder, tmp_path, caps
     rebuilt, _ = posthoc_ema.reconstruct(trained, 0.1)
     for weight, expected in zip(runs.load_checkpoint(saved).ema_network.weights, rebuilt):
         np.testing.assert_array_equal(ops.convert_to_numpy(weight), expected)
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", trained, "--data-dir", str(tiny_folder),
+                              "--nearest", "2", "--num-images", "4", "--kid-images", "4",
+                              "--steps", "2", "--inception-weights", "random",
+                              "--inception-size", "75", "--cache-dir", str(tmp_path / "cache"),
+                              "--quiet"]) == 0
+    line = [line for line in capsys.readouterr().out.splitlines() if "memorisation" in line]
+    assert len(line) == 1 and "of 4 samples are near-copies" in line[0]
     run_dir = str(tmp_path / "mismatched")
     code = train_cli.main(["--data-dir", str(tiny_folder), "--init-from", trained, "--widths",
                            "8,32", "--run-dir", run_dir])

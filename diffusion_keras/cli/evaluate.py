@@ -58,7 +58,8 @@ def evaluate_from_args(args):
 
     sampler_options(args)  # options of another sampler fail before any checkpoint is looked for
     checkpoint = runs.find_checkpoint(args.checkpoint)
-    sampling = sampling_settings(args, runs.saved_model_config(checkpoint))
+    saved = runs.saved_model_config(checkpoint)
+    sampling = sampling_settings(args, saved)
     for length in args.ema_length or ():
         posthoc_ema.check_length(checkpoint, length)
     if args.distribute:
@@ -72,7 +73,7 @@ def evaluate_from_args(args):
             args.batch_size, args.seed, args.cache_dir, features=args.features, sampling=sampling,
             verbose=not args.quiet, ema_length=length, nearest=args.nearest,
         ))
-        report(results[-1])
+        report(results[-1], saved.augment)
     if len(results) > 1:
         name = "fid" if results[0]["features"] == "inception" else "fd_cifar10"
         best = min(results, key=lambda result: result[name])
@@ -82,9 +83,10 @@ def evaluate_from_args(args):
     return 0
 
 
-def report(result):
-    """Print one evaluation's scores and what they were measured against."""
-    from diffusion_keras import distributed
+def report(result, augment):
+    """Print one evaluation's scores and what they were measured against (and, where the
+    memorisation check found near-copies, what to do for a model trained with `augment`)."""
+    from diffusion_keras import distributed, memorization
 
     real = result.get("data_dir") or f"{result['dataset']} {result['split']} split"
     reference = "reused from" if result["reference_reused"] else "cached in"
@@ -104,6 +106,9 @@ def report(result):
         print(f"memorisation check: {result['nearest']['near_copies']} of "
               f"{result['nearest']['samples']} samples are near-copies of real images "
               f"({result['nearest']['rule']}); picture {result['nearest']['picture']}")
+        remedy = memorization.advice(result["nearest"], augment)
+        if remedy:
+            print(remedy)
     if distributed.is_writer():
         print(f"wrote {result['path']}")
 
