@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from diffusion_keras.config import SUGGESTED_AUGMENT
 from diffusion_keras.data import preprocess
 from diffusion_keras.errors import UsageError
 
@@ -98,11 +99,11 @@ class Check(NamedTuple):
 
 def advice(summary, augment):
     """What to do about the near-copies a check's `summary` found, for a model trained with
-    augmentation probability `augment`; None when it found none. 0.2 because it removed them on
-    200 CIFAR-10 horses where no augmentation copied (BENCHMARKS.md, "Training on your own images")."""
+    augmentation probability `augment`; None when it found none."""
     if not summary["near_copies"]:
         return None
-    remedy = f"a higher --augment than {augment:g}" if augment else "--augment 0.2"
+    remedy = (f"a higher --augment than {augment:g}" if augment
+              else f"--augment {SUGGESTED_AUGMENT:g}")
     return ("near-copies mean the network is learning its training images by heart: train with "
             f"{remedy}, on more images or for fewer epochs (docs/own-images.md)")
 
