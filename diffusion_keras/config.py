@@ -186,6 +186,8 @@ class ModelConfig(_Section):
     # a student (`distillation`) records how it was distilled: None for a diffusion model
     distillation: str | None = None  # the method, one of DISTILLATION_METHODS
     student_calls: tuple = ()  # the network calls it was distilled to sample in
+    teacher_steps: int | None = None  # the teacher's calls per image it learnt from (progressive:
+    # the DDIM steps its calls make in one each; None in a student saved before: twice its calls)
 
     def __post_init__(self):
         for name in ("widths", "attention_resolutions", "student_calls"):
@@ -238,6 +240,9 @@ class ModelConfig(_Section):
         if self.distillation is not None:
             checks.choice(self.distillation, DISTILLATION_METHODS, "distillation method")
             check_student_calls(self.student_calls, self.distillation)
+            if self.distillation == "progressive" and self.teacher_steps is None:
+                object.__setattr__(self, "teacher_steps", 2 * self.student_calls[0])
+            check_teacher_steps(self.teacher_steps, self.student_calls, self.distillation)
 
     @property
     def default_sampler(self):
@@ -365,11 +370,15 @@ class RunConfig(_Section):
 # made into a student that samples in a few network calls. "reflow" (Liu et al. 2023) fine-tunes a
 # copy on the teacher's own (noise, image) pairs, straightening its paths, so one student samples in
 # any number of calls; "progressive" (Salimans & Ho 2022) teaches a copy to make in one DDIM step
-# what the teacher makes in two, for one call count (run it again on the student to halve again).
+# what the teacher makes in several (two: Salimans & Ho's halving, run again on the student to halve
+# again; more: the teacher's finer path in one round), for one call count.
 DISTILLATION_METHODS = ("reflow", "progressive")
 # what distill.py changes in the training defaults: fine-tuning a trained network wants a small
 # learning rate, and an epoch of a few hundred steps checkpoints, samples and resumes often
 DISTILLATION_OPTIMIZATION = {"optimizer": "adamw", "learning_rate": 2e-4, "epochs": 20}
+REFLOW_TEACHER_STEPS = 10  # the teacher's calls per reflow pair (DPM-Solver++(2M))
+# the teacher's DDIM steps a progressive student's calls make, 20 / N each (BENCHMARKS.md)
+PROGRESSIVE_TEACHER_STEPS = 20
 
 
 def check_student_calls(calls, method):
@@ -384,6 +393,17 @@ def check_student_calls(calls, method):
                          "N / 2)")
 
 
+def check_teacher_steps(steps, calls, method):
+    """The teacher's calls per image, if set: positive, and for a progressive student of N calls a
+    multiple of N above it (each student call makes that many teacher DDIM steps in one)."""
+    checks.positive_int(steps, "teacher steps", allow_none=True)
+    if method == "progressive" and steps is not None and (steps % calls[0] or steps == calls[0]):
+        raise UsageError(f"a {calls[0]}-call progressive student makes the teacher's DDIM steps "
+                         f"{calls[0]} at a time: --teacher-steps must be a multiple of --calls "
+                         f"above it, e.g. {2 * calls[0]} (Salimans & Ho's halving) or "
+                         f"{5 * calls[0]}, got {steps}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillationConfig(_Section):
     """What distill.py makes a student from and how; saved as config.json's `distillation`."""
@@ -392,7 +412,9 @@ class DistillationConfig(_Section):
     method: str = "reflow"  # measured best (BENCHMARKS.md, "Fast sampling")
     calls: tuple = (4, 2, 1)  # reflow: the calls its training weights and its grids show
     pairs: int = 10000  # reflow: teacher samples (noise, image) to fine-tune on
-    teacher_steps: int = 10  # reflow: the teacher's calls per pair (its default sampler)
+    # the teacher's network calls per image: reflow's pairs (its default sampler), or the DDIM
+    # path a progressive student follows in --calls; None: `resolved_teacher_steps`'s default
+    teacher_steps: int | None = None
     steps_per_epoch: int = 100  # optimizer steps between checkpoints and sample grids
     minutes: float | None = None  # stop when pairs and training have taken this long
 
@@ -401,9 +423,24 @@ class DistillationConfig(_Section):
         checks.choice(self.method, DISTILLATION_METHODS, "distillation method")
         check_student_calls(self.calls, self.method)
         checks.positive_int(self.pairs, "pairs")
-        checks.positive_int(self.teacher_steps, "teacher steps")
+        check_teacher_steps(self.teacher_steps, self.calls, self.method)
         checks.positive_int(self.steps_per_epoch, "steps per epoch")
         checks.number(self.minutes, "minutes", 0, low_open=True, allow_none=True)
+
+    def resolved_teacher_steps(self, teacher):
+        """`teacher_steps`, or its default for this `teacher` (its ModelConfig): 10 calls per
+        reflow pair; a progressive student's own calls when it is the teacher (the halving chain);
+        else PROGRESSIVE_TEACHER_STEPS where --calls divides it, twice --calls where not."""
+        if self.teacher_steps is not None:
+            return self.teacher_steps
+        if self.method == "reflow":
+            return REFLOW_TEACHER_STEPS
+        if teacher.distillation == "progressive":
+            return teacher.student_calls[0]
+        calls = self.calls[0]
+        if PROGRESSIVE_TEACHER_STEPS % calls == 0 and calls < PROGRESSIVE_TEACHER_STEPS:
+            return PROGRESSIVE_TEACHER_STEPS
+        return 2 * calls
 
 
 SECTIONS = {"model": ModelConfig, "optimization": OptimizationConfig, "run": RunConfig}

@@ -11,8 +11,10 @@ Two methods (`config.DISTILLATION_METHODS`), each a target pair for `DiffusionMo
   number of Euler steps, so one student samples in 1, 2 or 4 calls; half of its training times lie
   on those calls' grids (Liu et al.'s k-step distillation), half spread uniformly over the path.
 - "progressive" (Salimans & Ho 2022): on noised training images at the times of its N-call grid,
-  the student learns to make in one DDIM step what the frozen teacher makes in two of half the
-  size. It samples in exactly N calls; distilled again, it gives an N / 2-call student.
+  the student learns to make in one DDIM step what the frozen teacher makes in k = teacher_steps / N
+  smaller ones. It samples in exactly N calls. k = 2 is Salimans & Ho's halving (distilled again,
+  the student gives an N / 2-call one); a larger k follows the teacher's finer path in one round
+  (Berthelot et al. 2023's TRACT: fewer rounds, less compounded error).
 
 The teacher's cost is part of the budget: reflow's pairs are timed with the training (`minutes`).
 """
@@ -99,12 +101,14 @@ class Student(DiffusionModel):
 
     def progressive_targets(self, noisy_images, times, labels=None):
         """The (image, noise) pair whose one DDIM step from `noisy_images` at `times` to
-        times - 1/N lands where the frozen teacher's two steps of 1/2N do, x'':
+        times - 1/N lands where the frozen teacher's k steps of 1/kN do, x'':
         x0 = (x'' - n''/n x_t) / (s'' - n''/n s), and the noise that makes x_t of it."""
         calls = self.config.student_calls[0]
+        substeps = self.config.teacher_steps // calls
         noise_rates, signal_rates = self.formulation.schedule(times)
         teacher_images, rates = noisy_images, (noise_rates, signal_rates)
-        for next_time in (times - 0.5 / calls, times - 1.0 / calls):
+        for step in range(1, substeps + 1):
+            next_time = times - step / (substeps * calls)
             next_rates = self.formulation.schedule(next_time)
             pred_noises, pred_images = self.denoise(teacher_images, *rates, labels=labels,
                                                     network=self.teacher_network)
@@ -122,20 +126,22 @@ def check_teacher(config, distillation):
                          f"--formulation flow); this teacher is {config.formulation!r}: train a "
                          "flow model first")
     if config.distillation == "progressive":
-        wanted = 2 * distillation.calls[0]
-        if distillation.method != "progressive" or config.student_calls[0] != wanted:
+        calls, wanted = config.student_calls[0], distillation.calls[0]
+        if distillation.method != "progressive" or calls % wanted or calls == wanted \
+                or distillation.resolved_teacher_steps(config) != calls:
             raise UsageError(f"this teacher is a progressive student that samples in exactly "
-                             f"{config.student_calls[0]} calls: distil it again with --method "
-                             f"progressive --calls {config.student_calls[0] // 2}")
+                             f"{calls} calls: distil it again with --method progressive --calls "
+                             f"{calls // 2} (or another divisor below {calls})")
 
 
 def start_student(teacher, distillation, optimization, steps_per_epoch, seed):
     """A compiled student with the teacher's architecture, EMA weights and normaliser."""
     from diffusion_keras.training import build_model
 
-    config = teacher.config.replace(distillation=distillation.method,
-                                    student_calls=distillation.calls, seed=seed,
-                                    posthoc_ema=())  # a student keeps no power averages
+    config = teacher.config.replace(
+        distillation=distillation.method, student_calls=distillation.calls, seed=seed,
+        teacher_steps=distillation.resolved_teacher_steps(teacher.config),
+        posthoc_ema=())  # a student keeps no power averages
     student = build_model(config, optimization, steps_per_epoch, model_class=Student)
     weights = teacher.ema_network.get_weights()
     networks = [student.network, student.ema_network]
@@ -246,7 +252,7 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
                     {**saved.to_dict(), METADATA: {"num_images": count}})
     if distillation.method == "reflow":
         images, paired, labels, pair_seconds = make_pairs(
-            teacher, run_dir, distillation.pairs, distillation.teacher_steps, run.seed,
+            teacher, run_dir, distillation.pairs, student.config.teacher_steps, run.seed,
             verbose=verbose != 0)
         flip = False  # a flipped image is not its noise's pair
     else:
@@ -283,10 +289,12 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
     return student
 
 
-def describe(config):
+def describe(config, teacher_config):
     """'reflow distillation of TEACHER for 4, 2, 1 calls (10,000 teacher pairs of 10 calls)'."""
     distillation = config.distillation
     calls = ", ".join(map(str, distillation.calls))
-    how = (f"{counted(distillation.pairs, 'teacher pair')} of {distillation.teacher_steps} calls"
-           if distillation.method == "reflow" else "two teacher DDIM steps per student step")
+    steps = distillation.resolved_teacher_steps(teacher_config)
+    how = (f"{counted(distillation.pairs, 'teacher pair')} of {steps} calls"
+           if distillation.method == "reflow"
+           else f"{steps // distillation.calls[0]} teacher DDIM steps per student call")
     return f"{distillation.method} distillation of {distillation.teacher} for {calls} calls ({how})"

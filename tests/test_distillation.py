@@ -43,7 +43,9 @@ def settings(teacher, method="reflow", calls=(2, 1), epochs=2, **changes):
                                         learning_rate=1e-3, precision="float32"),
         run=RunConfig(seed=0),
         distillation=DistillationConfig(teacher=teacher, method=method, calls=calls, pairs=40,
-                                        teacher_steps=3, steps_per_epoch=3, **changes))
+                                        steps_per_epoch=3, **{
+                                            "teacher_steps": 3 if method == "reflow"
+                                            else 2 * calls[0], **changes}))
 
 
 def losses(run_dir):
@@ -150,17 +152,21 @@ def test_pairs_come_from_their_own_noise_stream_and_are_kept_on_disk(teacher, tm
     np.testing.assert_array_equal(again[0], images)  # read back, not sampled again
 
 
-def test_progressive_targets_make_one_student_step_land_on_two_teacher_steps(teacher, tmp_path):
+@pytest.mark.parametrize("teacher_steps", [4, 6])
+def test_progressive_targets_make_one_student_step_land_on_the_teacher_steps(teacher, tmp_path,
+                                                                            teacher_steps):
     teacher_model = runs.load_checkpoint(teacher)
-    config = settings(teacher, "progressive", (2,))
+    config = settings(teacher, "progressive", (2,), teacher_steps=teacher_steps)
     student = distillation.start_student(teacher_model, config.distillation, config.optimization,
                                          3, seed=0)
+    assert student.config.teacher_steps == teacher_steps
     noisy = keras.random.normal((4, 16, 16, 3), seed=1)
     times = np.full((4, 1, 1, 1), 1.0, "float32")
     targets, target_noises = student.progressive_targets(noisy, times)
     schedule = student.formulation.schedule
     expected = noisy
-    for now, then in ((1.0, 0.75), (0.75, 0.5)):
+    grid = np.linspace(1.0, 0.5, teacher_steps // 2 + 1)
+    for now, then in zip(grid[:-1], grid[1:]):
         pred_noises, pred_images = teacher_model.denoise(expected, *schedule(times * 0 + now))
         expected = ddim_step(pred_noises, pred_images, schedule(times * 0 + then))
     np.testing.assert_allclose(ddim_step(target_noises, targets, schedule(times * 0 + 0.5)),
@@ -214,11 +220,27 @@ def test_a_conditional_teacher_gives_a_conditional_student_that_takes_guidance(t
     ({"calls": (0,)}, "calls must be"),
     ({"pairs": 0}, "pairs must be"),
     ({"minutes": 0}, "minutes must be"),
+    ({"method": "progressive", "calls": (4,), "teacher_steps": 10}, "multiple of --calls"),
+    ({"method": "progressive", "calls": (4,), "teacher_steps": 4}, "multiple of --calls above"),
 ])
 def test_bad_distillation_settings_are_one_line_errors(changes, message):
     with pytest.raises(UsageError, match=message) as error:
         DistillationConfig(**changes)
     assert "\n" not in str(error.value)
+
+
+def test_the_teacher_steps_default_to_the_methods_and_a_progressive_teachers_own():
+    from diffusion_keras.config import ModelConfig
+
+    model = ModelConfig()
+    assert DistillationConfig().resolved_teacher_steps(model) == 10
+    assert DistillationConfig(method="progressive", calls=(4,)).resolved_teacher_steps(model) == 20
+    assert DistillationConfig(method="progressive", calls=(3,)).resolved_teacher_steps(model) == 6
+    student = ModelConfig(distillation="progressive", student_calls=(4,), teacher_steps=20)
+    assert DistillationConfig(method="progressive", calls=(2,)).resolved_teacher_steps(
+        student) == 4
+    saved_before = ModelConfig(distillation="progressive", student_calls=(4,))
+    assert saved_before.teacher_steps == 8  # Salimans & Ho's halving, all there was
 
 
 def test_teachers_that_cannot_be_distilled_are_refused_before_any_folder(tiny_uint8, tmp_path):

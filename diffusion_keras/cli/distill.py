@@ -33,15 +33,17 @@ def parser():
     add_checkpoint_argument(p)
     distil = p.add_argument_group("distillation")
     add(distil, "--method", "distillation", "reflow: fine-tune on the teacher's (noise, image) "
-        "pairs, one student for every call count; progressive: one DDIM step learns two of the "
-        "teacher's, for one call count", choices=settings.DISTILLATION_METHODS)
+        "pairs, one student for every call count; progressive: one DDIM step learns several of "
+        "the teacher's, for one call count", choices=settings.DISTILLATION_METHODS)
     add(distil, "--calls", "distillation", "network calls the student is made for, comma-separated "
-        "(progressive: one, with the teacher sampled in twice as many)",
+        "(progressive: one)",
         type=positive_int_list_argument)
     add(distil, "--pairs", "distillation", "reflow: teacher pairs to fine-tune on",
         type=positive_int_argument)
-    add(distil, "--teacher-steps", "distillation", "reflow: the teacher's network calls per pair",
-        type=positive_int_argument)
+    add(distil, "--teacher-steps", "distillation", "the teacher's network calls per image: reflow's "
+        f"per pair (default {settings.REFLOW_TEACHER_STEPS}); progressive: the DDIM steps the "
+        f"student's calls make, a multiple of --calls (default {settings.PROGRESSIVE_TEACHER_STEPS}"
+        "; a progressive teacher's own calls)", type=positive_int_argument)
     add(distil, "--steps-per-epoch", "distillation", "optimizer steps per epoch (a checkpoint and "
         "sample grids each)", type=positive_int_argument)
     add(distil, "--minutes", "distillation", "stop when the pairs and training have taken this "
@@ -144,7 +146,8 @@ def distill_from_args(args):
         print(f"resuming {run_dir} after epoch {resume_from.epoch} of {config.optimization.epochs}")
     else:
         run_dir = run_dir or runs.new_run_dir()
-        print(f"{distillation.describe(config)}; run folder {run_dir}")
+        teacher = runs.saved_model_config(config.distillation.teacher)
+        print(f"{distillation.describe(config, teacher)}; run folder {run_dir}")
     made_here = resume_from is None and not config.run.run_dir
     code = run_in_folder(lambda: distillation.distill(
         run_dir, config.updated({"run": {"run_dir": run_dir}}), images, labels, resume_from,

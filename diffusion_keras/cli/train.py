@@ -240,7 +240,7 @@ def fine_tuning_base(base, run_flags):
     run_flags["init_from"] = checkpoint
     saved = runs.saved_model_config(checkpoint)
     model = saved.to_dict()
-    for name in ("seed", "class_names", "distillation", "student_calls"):
+    for name in ("seed", "class_names", "distillation", "student_calls", "teacher_steps"):
         model.pop(name)
     return base.updated({"model": model}), saved
 
