@@ -233,14 +233,37 @@ def test_the_teacher_steps_default_to_the_methods_and_a_progressive_teachers_own
     from diffusion_keras.config import ModelConfig
 
     model = ModelConfig()
-    assert DistillationConfig().resolved_teacher_steps(model) == 10
-    assert DistillationConfig(method="progressive", calls=(4,)).resolved_teacher_steps(model) == 20
+    assert DistillationConfig(method="reflow").resolved_teacher_steps(model) == 10
+    assert DistillationConfig().resolved_teacher_steps(model) == 20  # progressive, 4 calls
     assert DistillationConfig(method="progressive", calls=(3,)).resolved_teacher_steps(model) == 6
     student = ModelConfig(distillation="progressive", student_calls=(4,), teacher_steps=20)
     assert DistillationConfig(method="progressive", calls=(2,)).resolved_teacher_steps(
         student) == 4
     saved_before = ModelConfig(distillation="progressive", student_calls=(4,))
     assert saved_before.teacher_steps == 8  # Salimans & Ho's halving, all there was
+
+
+def test_progressive_distillation_reads_the_teacher_runs_data_unless_told(teacher, tmp_path):
+    from diffusion_keras.cli import distill as distill_cli
+
+    run_dir = tmp_path / "teacher_run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    in_run = str(run_dir / "checkpoints" / "epoch_0001.keras")
+    with open(teacher, "rb") as source, open(in_run, "wb") as copy:
+        copy.write(source.read())
+    saved = TrainingConfig(run=RunConfig(data_dir="/photos", limit=300))
+    runs.write_json(str(run_dir / "config.json"), saved.to_dict())
+
+    def run_settings(*flags):
+        return distill_cli.config_from_args(distill_cli.parser().parse_args(
+            ["--checkpoint", str(run_dir), *flags])).run
+
+    assert (run_settings().data_dir, run_settings().limit) == ("/photos", 300)
+    assert run_settings("--data-dir", "/other").data_dir == "/other"
+    assert run_settings("--limit", "50").limit == 50
+    assert run_settings("--method", "reflow").data_dir is None
+    with pytest.raises(UsageError, match="not in a run folder that names them: pass --data-dir"):
+        distill_cli.config_from_args(distill_cli.parser().parse_args(["--checkpoint", teacher]))
 
 
 def test_teachers_that_cannot_be_distilled_are_refused_before_any_folder(tiny_uint8, tmp_path):
@@ -280,7 +303,8 @@ def test_the_command_line_distils_samples_and_refuses(teacher, tiny_folder, tmp_
     from diffusion_keras.cli import train as train_cli
 
     run_dir = str(tmp_path / "student")
-    argv = ["--checkpoint", teacher, "--pairs", "24", "--teacher-steps", "2", "--epochs", "1",
+    argv = ["--checkpoint", teacher, "--method", "reflow", "--pairs", "24", "--teacher-steps", "2",
+            "--epochs", "1",
             "--steps-per-epoch", "2", "--batch-size", "8", "--calls", "1", "--run-dir", run_dir]
     assert distill_cli.main(argv) == 0
     assert generate_cli.main(["--checkpoint", run_dir, "--steps", "1", "--num-images", "2",

@@ -48,7 +48,8 @@ def parser():
         "sample grids each)", type=positive_int_argument)
     add(distil, "--minutes", "distillation", "stop when the pairs and training have taken this "
         "long (with no --epochs: train until then)", type=positive_float_argument)
-    data = p.add_argument_group("data (progressive only: reflow's data are the teacher's pairs)")
+    data = p.add_argument_group("data (progressive only, default the teacher run's: reflow's data "
+                                "are the teacher's pairs)")
     add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
         choices=settings.DATASETS)
     add(data, "--data-dir", "run", "folder of images the teacher was trained on")
@@ -89,9 +90,28 @@ def config_from_args(args):
             "optimization", {}):
         optimization["epochs"] = EPOCHS_WITH_MINUTES
     teacher = os.path.abspath(runs.find_checkpoint(args.checkpoint))
-    return settings.TrainingConfig().updated({
+    config = settings.TrainingConfig().updated({
         **given, "optimization": optimization,
         settings.DISTILLATION: {**given.get(settings.DISTILLATION, {}), "teacher": teacher}})
+    run_given = given.get("run", {})
+    if config.distillation.method == "progressive" and not {"data_dir", "dataset"} & set(run_given):
+        data = teachers_data(teacher)
+        config = config.updated({"run": {name: value for name, value in data.items()
+                                         if name not in run_given}})
+    return config
+
+
+def teachers_data(teacher):
+    """The data settings of the run that trained `teacher` (its run folder's config.json), which
+    progressive distillation noises unless --data-dir or --dataset say otherwise."""
+    run_dir = os.path.dirname(os.path.dirname(teacher))
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"progressive distillation noises the teacher's training images, and "
+                         f"{teacher!r} is not in a run folder that names them: pass --data-dir "
+                         "or --dataset")
+    run = settings.read_config(path).run
+    return {"data_dir": run.data_dir, "dataset": run.dataset, "limit": run.limit}
 
 
 def open_distillation(args):
