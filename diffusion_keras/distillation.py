@@ -131,7 +131,8 @@ def check_teacher(config, distillation):
                 or distillation.resolved_teacher_steps(config) != calls:
             raise UsageError(f"this teacher is a progressive student that samples in exactly "
                              f"{calls} calls: distil it again with --method progressive --calls "
-                             f"{calls // 2} (or another divisor below {calls})")
+                             f"{calls // 2} (or another divisor below {calls}) and no "
+                             "--teacher-steps other than its calls")
 
 
 def start_student(teacher, distillation, optimization, steps_per_epoch, seed):
