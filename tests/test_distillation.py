@@ -266,6 +266,20 @@ def test_progressive_distillation_reads_the_teacher_runs_data_unless_told(teache
         distill_cli.config_from_args(distill_cli.parser().parse_args(["--checkpoint", teacher]))
 
 
+def test_a_cosine_learning_rate_decays_over_the_epochs_it_is_given(teacher):
+    from diffusion_keras.cli import distill as distill_cli
+
+    def optimization(*flags):
+        return distill_cli.config_from_args(distill_cli.parser().parse_args(
+            ["--checkpoint", teacher, "--method", "reflow", *flags])).optimization
+
+    assert optimization().learning_rate_schedule == "constant"
+    decayed = optimization("--learning-rate-schedule", "cosine", "--epochs", "3", "--minutes", "5")
+    assert (decayed.learning_rate_schedule, decayed.epochs) == ("cosine", 3)
+    with pytest.raises(UsageError, match="pass --epochs with --minutes"):
+        optimization("--learning-rate-schedule", "cosine", "--minutes", "5")
+
+
 def test_teachers_that_cannot_be_distilled_are_refused_before_any_folder(tiny_uint8, tmp_path):
     from diffusion_keras import DiffusionModel
 

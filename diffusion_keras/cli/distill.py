@@ -65,6 +65,8 @@ def parser():
     add(opt, "--optimizer", "optimization", "adamw or muon", choices=settings.OPTIMIZERS,
         defaults=defaults)
     add(opt, "--learning-rate", "optimization", "learning rate", type=float, defaults=defaults)
+    add(opt, "--learning-rate-schedule", "optimization", "constant, or cosine decay to 0 at the "
+        "last of --epochs", choices=settings.LEARNING_RATE_SCHEDULES, defaults=defaults)
     add(opt, "--precision", "optimization", "Keras dtype policy (default: the fastest measured "
         "here)", choices=settings.PRECISIONS)
     out = p.add_argument_group("output")
@@ -88,6 +90,9 @@ def config_from_args(args):
     optimization = {**settings.DISTILLATION_OPTIMIZATION, **given.get("optimization", {})}
     if "minutes" in given.get(settings.DISTILLATION, {}) and "epochs" not in given.get(
             "optimization", {}):
+        if optimization.get("learning_rate_schedule") == "cosine":
+            raise UsageError("--learning-rate-schedule cosine decays to 0 at the last epoch: "
+                             "pass --epochs with --minutes")
         optimization["epochs"] = EPOCHS_WITH_MINUTES
     teacher = os.path.abspath(runs.find_checkpoint(args.checkpoint))
     config = settings.TrainingConfig().updated({
