@@ -10,6 +10,7 @@ import pytest
 
 from diffusion_keras import distillation, runs, seeding
 from diffusion_keras.config import (
+    DISTILLATION_OPTIMIZATION,
     DistillationConfig,
     OptimizationConfig,
     RunConfig,
@@ -266,18 +267,18 @@ def test_progressive_distillation_reads_the_teacher_runs_data_unless_told(teache
         distill_cli.config_from_args(distill_cli.parser().parse_args(["--checkpoint", teacher]))
 
 
-def test_a_cosine_learning_rate_decays_over_the_epochs_it_is_given(teacher):
+def test_the_learning_rate_decays_over_the_epochs_and_minutes_only_cap_them(teacher):
     from diffusion_keras.cli import distill as distill_cli
 
     def optimization(*flags):
         return distill_cli.config_from_args(distill_cli.parser().parse_args(
             ["--checkpoint", teacher, "--method", "reflow", *flags])).optimization
 
-    assert optimization().learning_rate_schedule == "constant"
-    decayed = optimization("--learning-rate-schedule", "cosine", "--epochs", "3", "--minutes", "5")
-    assert (decayed.learning_rate_schedule, decayed.epochs) == ("cosine", 3)
-    with pytest.raises(UsageError, match="pass --epochs with --minutes"):
-        optimization("--learning-rate-schedule", "cosine", "--minutes", "5")
+    default = optimization("--minutes", "5")
+    assert (default.learning_rate_schedule, default.epochs, default.learning_rate) == (
+        "cosine", DISTILLATION_OPTIMIZATION["epochs"], 2e-4)
+    assert optimization("--epochs", "3").epochs == 3
+    assert optimization("--learning-rate-schedule", "constant").learning_rate_schedule == "constant"
 
 
 def test_teachers_that_cannot_be_distilled_are_refused_before_any_folder(tiny_uint8, tmp_path):
@@ -338,6 +339,13 @@ def test_the_command_line_distils_samples_and_refuses(teacher, tiny_folder, tmp_
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error, error
     assert not (tmp_path / "x").exists()
+    capped = str(tmp_path / "capped")  # stopped by --minutes in its first step
+    assert distill_cli.main(["--checkpoint", teacher, "--data-dir", str(tiny_folder), "--calls", "1",
+                             "--teacher-steps", "2", "--epochs", "3", "--minutes", "1e-4",
+                             "--steps-per-epoch", "2", "--batch-size", "8",
+                             "--run-dir", capped]) == 0
+    assert "stopped the run in epoch 1 of 3" in capsys.readouterr().out
+    assert runs.checkpoint_epoch(runs.find_checkpoint(capped)) == 1
 
 
 @pytest.mark.slow

@@ -24,8 +24,6 @@ from diffusion_keras.cli.train import (
 )
 from diffusion_keras.errors import UsageError
 
-EPOCHS_WITH_MINUTES = 10_000  # --minutes without --epochs: the minutes end the run
-
 
 def parser():
     p = Parser(description="Distil a trained diffusion model into a student that samples in 1-4 "
@@ -47,7 +45,8 @@ def parser():
     add(distil, "--steps-per-epoch", "distillation", "optimizer steps per epoch (a checkpoint and "
         "sample grids each)", type=positive_int_argument)
     add(distil, "--minutes", "distillation", "stop when the pairs and training have taken this "
-        "long (with no --epochs: train until then)", type=positive_float_argument)
+        "long, even before the last of --epochs (size --epochs to the minutes: the cosine rate "
+        "reaches 0 only there)", type=positive_float_argument)
     data = p.add_argument_group("data (progressive only, default the teacher run's: reflow's data "
                                 "are the teacher's pairs)")
     add(data, "--dataset", "run", "tensorflow-datasets dataset (ignored with --data-dir)",
@@ -88,12 +87,6 @@ def config_from_args(args):
 
     given = given_settings(args)
     optimization = {**settings.DISTILLATION_OPTIMIZATION, **given.get("optimization", {})}
-    if "minutes" in given.get(settings.DISTILLATION, {}) and "epochs" not in given.get(
-            "optimization", {}):
-        if optimization.get("learning_rate_schedule") == "cosine":
-            raise UsageError("--learning-rate-schedule cosine decays to 0 at the last epoch: "
-                             "pass --epochs with --minutes")
-        optimization["epochs"] = EPOCHS_WITH_MINUTES
     teacher = os.path.abspath(runs.find_checkpoint(args.checkpoint))
     config = settings.TrainingConfig().updated({
         **given, "optimization": optimization,
@@ -179,8 +172,14 @@ def distill_from_args(args):
         verbose=progress_verbosity()), run_dir, made_here, "distill.py")
     if code:
         return code
-    print(f"done: the student is {runs.find_checkpoint(run_dir)}; sample it with python "
-          f"generate.py --checkpoint {run_dir} --steps {min(config.distillation.calls)}")
+    student = runs.find_checkpoint(run_dir)
+    print(f"done: the student is {student}; sample it with python generate.py --checkpoint "
+          f"{run_dir} --steps {min(config.distillation.calls)}")
+    reached, epochs = runs.checkpoint_epoch(student), config.optimization.epochs
+    if reached < epochs and config.optimization.learning_rate_schedule == "cosine":
+        print(f"note: --minutes stopped the run in epoch {reached} of {epochs}, before the cosine "
+              f"learning rate reached 0; distil again with --epochs {reached} for the whole "
+              "decay in those minutes")
     return 0
 
 
