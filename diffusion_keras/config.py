@@ -375,8 +375,8 @@ class RunConfig(_Section):
 DISTILLATION_METHODS = ("reflow", "progressive")
 # what distill.py changes in the training defaults: fine-tuning a trained network wants a small
 # learning rate, decayed to 0 over its epochs (at 4 calls 2.8% lower FD than constant at equal
-# steps, BENCHMARKS.md "Fast sampling"); an epoch (DistillationConfig.steps_per_epoch) checkpoints, samples
-# and resumes often
+# steps, BENCHMARKS.md "Fast sampling"); an epoch (DistillationConfig.steps_per_epoch)
+# checkpoints, samples and resumes often
 DISTILLATION_OPTIMIZATION = {"optimizer": "adamw", "learning_rate": 2e-4, "epochs": 10,
                              "learning_rate_schedule": "cosine"}
 REFLOW_TEACHER_STEPS = 10  # the teacher's calls per reflow pair (DPM-Solver++(2M))
