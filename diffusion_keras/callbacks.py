@@ -234,13 +234,17 @@ class TimeBudget(keras.callbacks.Callback):
     """Stop training at the first step after `minutes` in all (`spent` of them before this fit:
     earlier sessions of a resumed run, a distillation's teacher pairs), and log the minutes spent
     so far in every epoch's row (as "minutes"; list this before `MetricsLog`). A budget that runs
-    out mid-epoch ends that epoch there, checkpointed as any other."""
+    out mid-epoch ends that epoch there, checkpointed as any other; `stopped_after` is then
+    (epoch, step), both counted from 1, or None when the run did all its steps (Keras' progress
+    line shows a cut epoch's full step count, so this is the one record of where it stopped)."""
 
     def __init__(self, minutes=None, spent=0.0):
         super().__init__()
         self.minutes = minutes
         self.spent = spent
         self.started = None
+        self.epoch = None
+        self.stopped_after = None
 
     def elapsed(self):
         return self.spent + (time.perf_counter() - self.started) / 60.0
@@ -248,9 +252,14 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
         if self.minutes is not None and self.elapsed() >= self.minutes:
             self.model.stop_training = True
+            last = self.epoch + 1 == self.params["epochs"] and batch + 1 == self.params["steps"]
+            self.stopped_after = None if last else (self.epoch + 1, batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

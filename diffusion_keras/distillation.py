@@ -267,6 +267,7 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
     if distillation.minutes is not None and spent >= distillation.minutes:
         raise UsageError(f"run {run_dir!r} has spent {spent:.1f} of its --minutes "
                          f"{distillation.minutes:g}; pass a larger --minutes to go on")
+    budget = TimeBudget(distillation.minutes, spent)
     grids = [ImageGenerator(run_dir, every=run.plot_every, diffusion_steps=calls, seed=run.seed,
                             suffix=f"_calls{calls}") for calls in distillation.calls]
     student.fit(
@@ -278,7 +279,7 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
         callbacks=[
             interrupts.StopOnRequest(),
             EpochSeeds(),
-            TimeBudget(distillation.minutes, spent),
+            budget,
             StopOnDivergence(run_dir, seed=run.seed, probe_steps=min(distillation.calls)),
             *grids,
             MetricsLog(run_dir, history),
@@ -287,7 +288,22 @@ def distill(run_dir, config, images=None, labels=None, resume_from=None, verbose
         ],
         verbose=verbose,
     )
+    if budget.stopped_after is not None and verbose != 0:
+        print(budget_note(budget, optimization))
     return student
+
+
+def budget_note(budget, optimization):
+    """What a run cut short by its --minutes left undone, and for a cosine schedule (whose rate was
+    then still above 0) the --epochs that would fit its whole decay into those minutes."""
+    epoch, step = budget.stopped_after
+    note = (f"note: --minutes {budget.minutes:g} stopped the run after step {step} of "
+            f"{budget.params['steps']} in epoch {epoch} of {optimization.epochs}")
+    if optimization.learning_rate_schedule != "cosine":
+        return note
+    fitting = (f"--epochs {epoch - 1}" if epoch > 1 else "a smaller --steps-per-epoch")
+    return (f"{note}, before the cosine learning rate reached 0; distil again with {fitting} "
+            "for the whole decay in those minutes")
 
 
 def describe(config, teacher_config):

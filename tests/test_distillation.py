@@ -3,6 +3,7 @@ refused, on tiny teachers; the same story on every backend (slow, in their own p
 
 import json
 import os
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -281,6 +282,31 @@ def test_the_learning_rate_decays_over_the_epochs_and_minutes_only_cap_them(teac
     assert optimization("--learning-rate-schedule", "constant").learning_rate_schedule == "constant"
 
 
+@pytest.mark.parametrize("epochs, steps, stopped_after", [(3, 4, (1, 1)), (1, 1, None)])
+def test_the_time_budget_records_where_it_cut_a_run_short(epochs, steps, stopped_after):
+    """A spent budget stops at the first step; one spent at the run's very last step cut nothing."""
+    from diffusion_keras.callbacks import TimeBudget
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    budget = TimeBudget(minutes=0.0)
+    history = model.fit(np.zeros((4, 1)), np.zeros((4, 1)), batch_size=1, steps_per_epoch=steps,
+                        epochs=epochs, callbacks=[budget], verbose=0)
+    assert (len(history.epoch), budget.stopped_after) == (1, stopped_after)
+
+
+def test_a_run_cut_short_says_where_and_the_epochs_that_fit_a_whole_decay():
+    budget = SimpleNamespace(minutes=14.3, stopped_after=(8, 15), params={"steps": 100})
+    cosine = distillation.budget_note(budget, OptimizationConfig(epochs=8,
+                                                                 learning_rate_schedule="cosine"))
+    assert cosine == ("note: --minutes 14.3 stopped the run after step 15 of 100 in epoch 8 of 8, "
+                      "before the cosine learning rate reached 0; distil again with --epochs 7 "
+                      "for the whole decay in those minutes")
+    constant = distillation.budget_note(budget, OptimizationConfig(
+        epochs=8, learning_rate_schedule="constant"))
+    assert constant == "note: --minutes 14.3 stopped the run after step 15 of 100 in epoch 8 of 8"
+
+
 def test_teachers_that_cannot_be_distilled_are_refused_before_any_folder(tiny_uint8, tmp_path):
     from diffusion_keras import DiffusionModel
 
@@ -344,7 +370,8 @@ def test_the_command_line_distils_samples_and_refuses(teacher, tiny_folder, tmp_
                              "--teacher-steps", "2", "--epochs", "3", "--minutes", "1e-4",
                              "--steps-per-epoch", "2", "--batch-size", "8",
                              "--run-dir", capped]) == 0
-    assert "stopped the run in epoch 1 of 3" in capsys.readouterr().out
+    assert ("stopped the run after step 1 of 2 in epoch 1 of 3, before the cosine learning rate "
+            "reached 0; distil again with a smaller --steps-per-epoch") in capsys.readouterr().out
     assert runs.checkpoint_epoch(runs.find_checkpoint(capped)) == 1
 
 

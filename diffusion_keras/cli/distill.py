@@ -175,11 +175,6 @@ def distill_from_args(args):
     student = runs.find_checkpoint(run_dir)
     print(f"done: the student is {student}; sample it with python generate.py --checkpoint "
           f"{run_dir} --steps {min(config.distillation.calls)}")
-    reached, epochs = runs.checkpoint_epoch(student), config.optimization.epochs
-    if reached < epochs and config.optimization.learning_rate_schedule == "cosine":
-        print(f"note: --minutes stopped the run in epoch {reached} of {epochs}, before the cosine "
-              f"learning rate reached 0; distil again with --epochs {reached} for the whole "
-              "decay in those minutes")
     return 0
 
 
