@@ -277,7 +277,7 @@ def test_the_learning_rate_decays_over_the_epochs_and_minutes_only_cap_them(teac
 
     default = optimization("--minutes", "5")
     assert (default.learning_rate_schedule, default.epochs, default.learning_rate) == (
-        "cosine", DISTILLATION_OPTIMIZATION["epochs"], 2e-4)
+        "cosine", DISTILLATION_OPTIMIZATION["epochs"], 4e-4)
     assert optimization("--epochs", "3").epochs == 3
     assert optimization("--learning-rate-schedule", "constant").learning_rate_schedule == "constant"
 
