@@ -157,11 +157,15 @@ def lost_peer_message(error):
 
 
 def leave(code, message=None):
-    """End this process now, skipping the shutdown barrier the others would never reach."""
-    if message:
-        print(message, file=sys.stderr)
+    """End this process now, skipping the shutdown barrier the others would never reach. The
+    message goes out as one write on a line of its own, after anything printed so far (a progress
+    bar, or a line the main thread is halfway through printing while the watcher calls this), and
+    nothing printed afterwards can land on that line."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if message:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        os.write(2, f"\n{message}\n".encode())
     os._exit(code)
 
 

@@ -167,6 +167,21 @@ def test_generate_and_evaluate_over_two_processes_match_one(resumed, tiny_folder
     assert len(results) == 1 and "FD-cifar10" in scored.log(0) and "wrote" not in scored.log(1)
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_the_stop_line_stands_alone_after_a_half_printed_line(unbuffered):
+    """The watcher leaves while the main thread is halfway through a line (a progress bar, or
+    `print` between its text and its newline): the error still gets a line of its own."""
+    code = ("import sys; from diffusion_keras import distributed; "
+            "sys.stdout.write('training on 39 images'); sys.stderr.write('half'); "
+            "distributed.leave(1, 'error: process 1 stopped')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=environment(PYTHONUNBUFFERED=unbuffered))
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1] == "error: process 1 stopped"
+    assert "training on 39 images" in result.stdout and "half" in result.stdout
+
+
 def test_a_process_that_fails_ends_the_other_with_one_line(tiny_folder, tmp_path):
     def argv(index):
         data = tiny_folder if index == 0 else tmp_path / "missing"
